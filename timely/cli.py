@@ -129,26 +129,110 @@ def policies() -> None:
 
 @app.command("tool-server")
 def tool_server_cmd(
-    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8700,
-    latency: Annotated[str, typer.Option(help="Default latency model spec.")] = "constant:0",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML ServerConfig (flags override it).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default 127.0.0.1, loopback).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8700).")] = None,
+    latency: Annotated[
+        str | None, typer.Option(help="Default latency spec, e.g. lognormal:1.0,0.6.")
+    ] = None,
+    latency_profile: Annotated[
+        str | None,
+        typer.Option(
+            "--latency-profile",
+            help="Profile in configs/latency/ (zero, fast, medium, slow, very-slow, "
+            "jericho-reference) or a YAML path.",
+        ),
+    ] = None,
     tool_latency: Annotated[
         list[str] | None,
         typer.Option("--tool-latency", help="Per-tool override NAME=SPEC (repeatable)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Latency sampling seed.")] = 0,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="Fault rates of every tool, e.g. error=0.05,5xx=0.01,hang=0.01."),
+    ] = None,
+    tool_faults: Annotated[
+        list[str] | None,
+        typer.Option("--tool-faults", help="Per-tool fault rates NAME=RATES (repeatable)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Latency and fault sampling seed.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="TIMELY_TOOL_SERVER_API_KEY",
+            help="Bearer token required on every route but /health.",
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="TIMELY_TOOL_SERVER_ADMIN_TOKEN",
+            help="Bearer token of /admin (default: the api key).",
+        ),
+    ] = None,
+    session_ttl: Annotated[
+        float | None, typer.Option("--session-ttl", help="Idle seconds before a session expires.")
+    ] = None,
+    max_sessions: Annotated[
+        int | None, typer.Option("--max-sessions", help="Live sessions at most (then 429).")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", help="Calls in flight at most (then 429).")
+    ] = None,
+    mcp: Annotated[
+        bool | None, typer.Option("--mcp/--no-mcp", help="Serve MCP at /mcp (default on).")
+    ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option("--access-log/--no-access-log", help="JSON access log on stderr (on)."),
+    ] = None,
 ) -> None:
-    """Start the simulated tool server (FastAPI + uvicorn)."""
-    from server.app import ServerConfig, serve
+    """Start the simulated tool server (FastAPI + uvicorn; plain HTTP and MCP at /mcp)."""
+    from server.app import serve
+    from server.config import build_server_config
 
-    per_tool = {}
-    for item in tool_latency or []:
-        name, sep, spec = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--tool-latency {item!r} must look like NAME=SPEC")
-        per_tool[name] = spec
-    cfg = ServerConfig(host=host, port=port, latency=latency, per_tool_latency=per_tool, seed=seed)
-    console.print(f"tool server on http://{host}:{port} · latency {latency} · docs at /docs")
+    def pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+        out = {}
+        for item in items or []:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise typer.BadParameter(f"{flag} {item!r} must look like NAME=VALUE")
+            out[name] = value
+        return out
+
+    cfg = build_server_config(
+        config,
+        host=host,
+        port=port,
+        latency=latency,
+        latency_profile=latency_profile,
+        per_tool_latency=pairs(tool_latency, "--tool-latency"),
+        faults=faults,
+        per_tool_faults=pairs(tool_faults, "--tool-faults"),
+        seed=seed,
+        api_key=api_key,
+        admin_token=admin_token,
+        session_ttl_s=session_ttl,
+        max_live_sessions=max_sessions,
+        max_concurrency=max_concurrency,
+        mcp=mcp,
+        access_log=access_log,
+    )
+    if "access_log" not in cfg.model_fields_set:  # on by default when run as a command
+        cfg = cfg.model_copy(update={"access_log": True})
+    shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    auth = "bearer token required" if cfg.api_key else "no auth"
+    console.print(
+        f"tool server on http://{shown}:{cfg.port} · latency {cfg.latency_config().describe()} · "
+        f"faults {cfg.fault_config().describe()} · {auth} · MCP at /mcp · docs at /docs",
+        soft_wrap=True,
+    )
     serve(cfg)
 
 
@@ -163,6 +247,93 @@ def show(
     file = path / "trajectories.jsonl" if path.is_dir() else path
     for traj in iter_jsonl(file):
         print_trace(traj, console)
+
+
+@app.command("eval")
+def eval_cmd(
+    overrides: Overrides = None,
+    suite: Annotated[
+        str, typer.Option(help="Suite name in configs/eval (smoke, standard) or a YAML path.")
+    ] = "smoke",
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="Run only these policies (repeatable): a suite policy's label or spec selects "
+            "it with its settings; 'suite' = all of the suite's; anything else (SPEC or "
+            "SPEC@SPEED) is added.",
+        ),
+    ] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option("--tasks", help="Only these tasks: ids, families or globs (repeatable, a,b)."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Run directory (default runs/eval-SUITE).")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="local (asyncio) or ray.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Episodes in flight at once.")] = None,
+    clock: Annotated[str | None, typer.Option(help="virtual (simulated) or wall (real).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Episodes per cell.")] = None,
+    tool_server: Annotated[
+        str | None, typer.Option("--tool-server", help="URL of a running tool server.")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="base_url of policies added by --policy.")
+    ] = None,
+    policy_option: Annotated[
+        list[str] | None,
+        typer.Option("--policy-option", help="KEY=VALUE option of policies added by --policy."),
+    ] = None,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="Move an existing run's records aside; start over.")
+    ] = False,
+    no_plots: Annotated[
+        bool, typer.Option("--no-plots", help="Skip plots in the run dir.")
+    ] = False,
+) -> None:
+    """Run a Timely-Eval suite (resumable): progress bars, then a summary table."""
+    import yaml
+
+    from timely_eval.commands import eval_command
+
+    options: dict[str, object] = {"base_url": base_url} if base_url else {}
+    for item in policy_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--policy-option {item!r} must look like KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    flags = _flag_overrides(
+        backend=backend,
+        concurrency=concurrency,
+        clock=clock,
+        episodes=episodes,
+        tool_server=tool_server,
+    )
+    report = eval_command(
+        console,
+        suite=suite,
+        overrides=[*flags, *(overrides or [])],
+        tasks=tasks,
+        policies=policy,
+        policy_options=options,
+        out=out,
+        resume=not no_resume,
+        plots=not no_plots,
+    )
+    if report.failed:
+        raise SystemExit(1)
+
+
+@app.command()
+def leaderboard(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories made by `timely eval`.")],
+    out: Annotated[Path, typer.Option(help="Report directory.")] = Path("reports/leaderboard"),
+) -> None:
+    """Write leaderboard.md, leaderboard.html, results.json and plots from run directories."""
+    from timely_eval.commands import leaderboard_command
+
+    leaderboard_command(console, runs, out)
 
 
 def main() -> None:

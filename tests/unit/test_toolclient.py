@@ -1,11 +1,12 @@
 import socket
 
+import httpx2
 import pytest
 
 from server.app import ServerConfig, create_app
 from server.registry import ToolRegistry
 from timely.clock import VirtualClock, WallClock
-from timely.errors import ToolServerUnavailable
+from timely.errors import ToolError, ToolServerUnavailable
 from timely.policies.base import Deadline
 from timely.toolclient import ToolBackend, ToolClient
 
@@ -176,3 +177,107 @@ async def test_an_unbounded_deadline_sends_no_deadline():
     async with client_for(latency="constant:0.01") as client:
         result = await call(client, "echo", {"text": "x"}, Deadline(float("inf"), clock))
     assert result.ok
+
+
+async def test_injected_5xx_is_retried_recorded_and_charged_on_a_virtual_clock():
+    clock = VirtualClock()
+    app = create_app(ServerConfig(latency=1, faults="5xx=0.5", seed=3))
+    kw = {"backoff_s": 0.001, "max_backoff_s": 0.004, "max_retries": 20}
+    async with ToolClient.in_process(app, **kw) as client:
+        results = []
+        for i in range(12):
+            results.append(await call(client, "echo", {"text": str(i)}, Deadline(1000, clock)))
+    retried = [r for r in results if r.retries]
+    assert retried and all(r.fault == "http_5xx" and r.ok for r in retried)
+    assert all(r.fault is None for r in results if not r.retries)
+    for r in retried:  # each retry waited its backoff, which a virtual clock charges too
+        backoff = sum(min(0.004, 0.001 * 2**k) for k in range(r.retries))
+        assert r.charged_s == pytest.approx(1.0 + backoff)
+    assert clock.now() == pytest.approx(sum(r.charged_s for r in results))
+
+
+async def test_retries_stop_when_the_budget_cannot_fit_them():
+    app = create_app(ServerConfig(faults="5xx=1"))
+    async with ToolClient.in_process(app, backoff_s=0.01, max_retries=3) as client:
+        result = await call(client, "echo", {"text": "x"}, Deadline(100, VirtualClock()))
+        tight = await call(client, "echo", {"text": "x"}, Deadline(0.005, VirtualClock()))
+    assert result.error == "injected_fault" and result.fault == "http_5xx"
+    assert result.retries == 3 and "Error (injected_fault)" in result.content
+    assert tight.retries == 0 and tight.error == "injected_fault"
+
+
+async def test_hang_fault_is_a_deadline_result():
+    clock = VirtualClock()
+    async with client_for(faults="hang=1") as client:
+        result = await call(client, "echo", {"text": "x"}, Deadline(4, clock))
+    assert result.error == "deadline_exceeded" and result.fault == "hang"
+    assert result.charged_s == 4.0 and clock.now() == 4.0
+
+
+async def test_fault_recorded_on_success_and_error_results():
+    async with client_for(latency=1, faults="slow=1,slow_s=0.5") as client:
+        slow = await call(client, "echo", {"text": "x"}, Deadline(10, VirtualClock()))
+    assert slow.ok and slow.fault == "slow_first_byte" and slow.charged_s == 1.5
+    async with client_for(faults="error=1") as client:
+        failed = await call(client, "echo", {"text": "x"}, Deadline(10, VirtualClock()))
+    assert failed.error == "tool_error" and failed.fault == "error"
+
+
+async def test_sessions_from_the_client():
+    clock = VirtualClock()
+    async with client_for() as client:
+        sid = await client.create_session("ep-7", ttl_s=60)
+        assert sid == "ep-7"
+        assert (await client.create_session()).startswith("s-")
+        with pytest.raises(ToolError, match="session_exists"):
+            await client.create_session("ep-7")
+        assert (await call(client, "echo", {"text": "x"}, Deadline(10, clock), "ep-7")).ok
+        assert await client.end_session("ep-7") is True
+        assert await client.end_session("ep-7") is False
+        gone = await call(client, "echo", {"text": "x"}, Deadline(10, clock), "ep-7")
+        assert gone.error == "session_expired" and gone.charged_s == 0.0
+        assert "POST /sessions" in gone.content
+        assert await client.create_session("ep-7") == "ep-7"  # an ended id may start again
+        assert (await call(client, "echo", {"text": "x"}, Deadline(10, clock), "ep-7")).ok
+
+
+async def test_a_429_that_does_not_fit_the_budget_is_a_result():
+    app = create_app(ServerConfig(max_live_sessions=1))
+    async with ToolClient.in_process(app) as client:
+        await client.create_session("a")
+        result = await call(client, "echo", {"text": "x"}, Deadline(0.5, VirtualClock()), "b")
+    assert result.error == "too_many_sessions" and result.retries == 0
+
+
+async def test_an_unexplained_server_error_means_the_server_is_broken():
+    def handler(request):
+        return httpx2.Response(500, json={"error": {"type": "internal_error", "message": "bug"}})
+
+    transport = httpx2.MockTransport(handler)
+    async with ToolClient("http://x", transport=transport) as client:
+        with pytest.raises(ToolServerUnavailable, match="HTTP 500"):
+            await call(client, "echo", {"text": "x"}, Deadline(10, VirtualClock()))
+
+
+async def test_a_retry_sends_the_deadline_that_is_left():
+    seen = []
+
+    def handler(request):
+        seen.append(float(request.headers["X-Timely-Deadline-S"]))
+        if len(seen) == 1:
+            body = {
+                "error": {"type": "injected_fault", "message": "x"},
+                "fault": "http_5xx",
+                "latency_s": 0.5,
+                "service_s": 0.0,
+            }
+            return httpx2.Response(503, json=body)
+        return httpx2.Response(200, json={"result": "ok", "latency_s": 1.0, "service_s": 0.0})
+
+    clock = VirtualClock()
+    transport = httpx2.MockTransport(handler)
+    async with ToolClient("http://x", transport=transport, backoff_s=0.25) as client:
+        result = await call(client, "echo", {"text": "x"}, Deadline(10, clock))
+    assert seen == [10.0, 9.25]  # 0.5 s of failed attempt and 0.25 s of backoff were spent
+    assert result.ok and result.retries == 1 and result.fault == "http_5xx"
+    assert result.charged_s == 1.75 and clock.now() == 1.75

@@ -326,3 +326,31 @@ def test_tool_definitions_are_checked():
     assert registry.openai_tools(["echo"])[0]["function"]["name"] == "echo"
     with pytest.raises(KeyError, match="Did you mean: echo"):
         registry.openai_tools(["ecco"])
+
+
+async def test_results_that_cannot_be_sent_are_tool_errors():
+    registry = ToolRegistry()
+
+    @registry.register("weird", description="Bad output.", parameters={"type": "object"})
+    async def weird(arguments, ctx):
+        return {"surrogate": "\ud800", "nan": arguments.get("nan") and float("nan")}
+
+    async with client_for(create_app(ServerConfig(), registry)) as client:
+        surrogate = await call(client, "weird", {}, headers=VIRTUAL)
+        nan = await call(client, "weird", {"nan": True}, headers=VIRTUAL)
+    for response in (surrogate, nan):
+        assert response.status_code == 200
+        assert response.json()["error"]["type"] == "tool_error"
+
+
+async def test_unpaired_surrogates_in_a_request_are_invalid_json(client):
+    bad = await client.post("/tools/echo", content=b'{"arguments": {"text": "\\udc00"}}')
+    assert_error(bad, 400, "invalid_json")
+    emoji = await client.post("/tools/echo", content=b'{"arguments": {"text": "\\ud83d\\ude00"}}')
+    assert emoji.json()["result"] == "\U0001f600"
+
+
+async def test_405_names_every_method_of_the_path(client):
+    response = await client.put("/sessions/abc")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "DELETE, GET"
