@@ -39,7 +39,12 @@ class EpisodeOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_turns: int = Field(20, ge=1, description="Model turns before the episode stops.")
+    max_turns: int | None = Field(
+        None,
+        ge=1,
+        description="Model turns before the episode stops (None: the task's own limit, "
+        "TaskSpec.max_turns).",
+    )
     time: TimeAwareness = Field(default_factory=TimeAwareness, description="Time awareness.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward variant.")
     speed: SpeedProfile = Field(
@@ -99,7 +104,7 @@ async def run_episode(
     try:
         messages = await ep.start()
         await task.setup(tools, session)
-        for turn in range(opts.max_turns):
+        for turn in range(opts.max_turns or task.spec.max_turns):
             if ep.out_of_time():
                 end = EndReason.BUDGET_EXHAUSTED
                 break

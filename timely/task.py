@@ -37,6 +37,9 @@ class TaskSpec(BaseModel):
     prompt: str = Field(description="The user turn (the budget line is appended by the loop).")
     tools: tuple[str, ...] = Field((), description="Names of tool-server tools this task uses.")
     default_budget_s: float = Field(60.0, gt=0)
+    max_turns: int = Field(
+        20, ge=1, description="Model turns this task allows unless the run sets its own limit."
+    )
     time_status: Literal["push", "pull"] = Field(
         "push", description="Preferred time-status mode when the run says 'auto'."
     )

@@ -13,8 +13,9 @@ BIN = Path(sys.executable).parent
 
 def timely(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([str(BIN / "timely"), *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env=env)
+    return subprocess.run(
+        [str(BIN / "timely"), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
 
 
 def test_help_lists_commands():
@@ -34,9 +35,23 @@ def test_tasks_and_policies():
 
 def test_run_writes_trace_and_run_directory(tmp_path):
     out = tmp_path / "demo"
-    res = timely("run", "--task", "math/arithmetic", "--policy", "scripted:oracle",
-                 "--budget", "30", "--latency", "constant:1.0", "--clock", "virtual",
-                 "--seed", "0", "--out", str(out))
+    res = timely(
+        "run",
+        "--task",
+        "math/arithmetic",
+        "--policy",
+        "scripted:oracle",
+        "--budget",
+        "30",
+        "--latency",
+        "constant:1.0",
+        "--clock",
+        "virtual",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     assert "answered" in res.stdout and "calculator" in res.stdout
     lines = (out / "trajectories.jsonl").read_text().splitlines()
@@ -51,8 +66,20 @@ def test_run_writes_trace_and_run_directory(tmp_path):
 
 
 def test_run_is_reproducible(tmp_path):
-    args = ["run", "--task", "math/word-problems", "--policy", "scripted:budget-aware",
-            "--budget", "6", "--latency", "lognormal:1.0,0.6", "--episodes", "3", "-q"]
+    args = [
+        "run",
+        "--task",
+        "math/word-problems",
+        "--policy",
+        "scripted:budget-aware",
+        "--budget",
+        "6",
+        "--latency",
+        "lognormal:1.0,0.6",
+        "--episodes",
+        "3",
+        "-q",
+    ]
     a = timely(*args, "--out", str(tmp_path / "a"))
     b = timely(*args, "--out", str(tmp_path / "b"))
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr

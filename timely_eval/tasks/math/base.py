@@ -212,13 +212,23 @@ class MathTask(Task):
             seed=int(seed),
             split=split,
             difficulty=level,
-            prompt=f"{self.problem.text}\n\n{PROMPT_FOOTER}",
+            prompt=f"{self.problem.text}\n\n{self.prompt_footer()}",
             tools=(CALCULATOR,),
             default_budget_s=budget_for(len(self.problem.steps)),
+            # One turn per calculator step plus room for a few mistakes and the answer.
+            max_turns=max(20, len(self.problem.steps) + 10),
             time_status="pull",
             metadata={"family": self.family, "n_steps": len(self.problem.steps)}
             | self.problem.metadata,
         )
+
+    def prompt_footer(self) -> str:
+        """Tool and answer-format instructions appended to the problem text.
+
+        Families whose answers are not one number (e.g. several labelled sub-answers) override
+        this; ``self.problem`` is already drawn when it is called.
+        """
+        return PROMPT_FOOTER
 
     @classmethod
     @abstractmethod

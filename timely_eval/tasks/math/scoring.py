@@ -71,6 +71,27 @@ def parse_number(text: str | None) -> Fraction | None:
     return parsed[0] if parsed else None
 
 
+def parse_with_places(text: str | None) -> tuple[Fraction, int | None] | None:
+    """Like :func:`parse_number`, plus how many decimals the number was written with.
+
+    The decimals let :func:`numbers_match` accept correctly rounded answers for golds such as
+    2/3. Returns None when ``text`` holds no number.
+
+    Args:
+        text: an extracted answer.
+    """
+    return _parse_with_places(text)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox``) in ``text``, braces balanced.
+
+    Args:
+        text: e.g. a MATH-style worked solution.
+    """
+    return _last_boxed(_normalise(text))
+
+
 def numbers_match(pred: Fraction, gold: Fraction, places: int | None = None) -> bool:
     """Exact equality, plus correctly rounded decimals for golds with no short decimal form.
 

@@ -1,0 +1,180 @@
+"""What ``timely eval`` and ``timely leaderboard`` do, with their terminal output (rich).
+
+``timely/cli.py`` only parses flags and calls :func:`eval_command` / :func:`leaderboard_command`;
+the runner and the leaderboard stay free of terminal concerns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from timely.errors import ConfigError
+from timely.types import Trajectory
+from timely_eval.runner import RunReport, run_suite
+from timely_eval.suite import load_suite, select
+
+
+class RichProgress:
+    """One progress bar per phase, with done / skipped / failed counts."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _text(self, phase: str) -> str:
+        c = self._counts[phase]
+        return (
+            f"done {c['done']} · skipped {c['skipped']} · failed {c['failed']} · "
+            f"episode errors {c['errors']}"
+        )
+
+    def start_phase(self, phase: str, total: int, skipped: int) -> None:
+        self._counts[phase] = {"done": 0, "skipped": skipped, "failed": 0, "errors": 0}
+        self._tasks[phase] = self.progress.add_task(
+            phase,
+            total=max(total, 1) if total else 1,
+            completed=skipped if total else 1,
+            counts=self._text(phase) if total else "nothing to do",
+        )
+
+    def episode_done(self, phase: str, traj: Trajectory | None, error: str | None) -> None:
+        c = self._counts[phase]
+        if traj is None:
+            c["failed"] += 1
+        else:
+            c["done"] += 1
+            c["errors"] += traj.error is not None
+        self.progress.update(self._tasks[phase], advance=1, counts=self._text(phase))
+
+
+def summary_tables(run_dir: Path) -> list[Table]:
+    """Rich tables of a run: one overview per task family."""
+    from timely_eval.leaderboard import overview_columns, report_from_runs
+
+    report = report_from_runs([run_dir])
+    tables = []
+    for fam in report["families"]:
+        header, rows = overview_columns(fam)
+        table = Table(
+            title=f"{fam['family']} · {len(fam['tasks'])} task(s) · budgets "
+            f"{', '.join(fam['budgets'])}",
+            title_justify="left",
+        )
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def eval_command(
+    console: Console,
+    *,
+    suite: str,
+    overrides: list[str],
+    tasks: list[str] | None = None,
+    policies: list[str] | None = None,
+    policy_options: dict[str, Any] | None = None,
+    out: str | None = None,
+    resume: bool = True,
+    plots: bool = True,
+) -> RunReport:
+    """Load, narrow and run a suite with progress bars, then print the summary.
+
+    Args:
+        console: where to print.
+        suite: suite name or YAML path.
+        overrides: ``key=value`` suite overrides (flags already turned into overrides).
+        tasks: ``--tasks`` filters.
+        policies: ``--policy`` names (see :func:`timely_eval.suite.select`).
+        policy_options: options for policies added on the command line.
+        out: run directory (default ``runs/eval-SUITE``).
+        resume: keep and skip what ``out`` already holds.
+        plots: also draw the leaderboard plots into ``out/plots``.
+    """
+    loaded = select(
+        load_suite(suite, overrides),
+        tasks=_split(tasks),
+        policies=policies or None,
+        policy_options=policy_options,
+    )
+    run_dir = Path(out or f"runs/eval-{loaded.name}")
+    labels = ", ".join(p.name for p in loaded.policies)
+    console.print(
+        f"[bold]timely eval[/] {loaded.name}: {len(loaded.tasks)} task(s) × "
+        f"{len(loaded.policies)} policies ({labels}) × {len(loaded.latencies)} latencies · "
+        f"{loaded.clock} clock · {loaded.backend} backend → {run_dir}"
+    )
+    if any(p.spec.startswith("hf:") for p in loaded.policies):
+        console.print("loading the local model (the first load takes ~15 s)…")
+    with RichProgress(console) as progress:
+        report = asyncio.run(run_suite(loaded, run_dir, resume=resume, progress=progress))
+    for table in summary_tables(run_dir):
+        console.print(table)
+    if plots and report.results.get("episodes"):
+        from timely_eval.leaderboard import write_leaderboard
+
+        write_leaderboard([run_dir], run_dir / "plots")
+    for problem in report.problems[:10]:
+        console.print(f"[yellow]not planned:[/] {problem}")
+    if report.failed:
+        console.print(
+            f"[red]{report.failed} episode(s) could not be played[/] (see "
+            f"{run_dir / 'errors.jsonl'}); run the same command again to retry them."
+        )
+    console.print(
+        f"wrote {run_dir / 'trajectories.jsonl'}, results.json, summary.md"
+        + (", plots/" if plots else "")
+    )
+    return report
+
+
+def leaderboard_command(console: Console, runs: list[Path], out: Path) -> dict[str, Path]:
+    """Write the leaderboard of ``runs`` into ``out`` and say where it is."""
+    from timely_eval.leaderboard import write_leaderboard
+
+    if not runs:
+        raise ConfigError("give at least one run directory: timely leaderboard runs/A runs/B")
+    files = write_leaderboard(runs, out)
+    console.print(
+        f"wrote {out / 'leaderboard.md'}, leaderboard.html, results.json and "
+        f"{sum(name.endswith('.png') for name in files)} plots"
+    )
+    return files
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Accept repeated flags and comma-separated lists alike."""
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]

@@ -1,0 +1,381 @@
+"""``timely leaderboard``: turn run directories into a readable, comparable report.
+
+Reads ``trajectories.jsonl`` of one or more runs (never their summaries, so a report cannot be
+stale), merges them, and writes into ``--out``: ``leaderboard.md`` (one section per task family,
+lm-eval / BFCL style: score with its confidence interval next to compliance and latency
+columns), a self-contained ``leaderboard.html`` (inline CSS, click-to-sort columns, plots
+embedded), ``results.json`` (every number of the report) and the plots of :mod:`plots`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from timely.errors import ConfigError
+from timely.rng import make_rng
+from timely.types import Trajectory
+from timely_eval.metrics import aggregate
+from timely_eval.plan import budget_sort_key
+from timely_eval.suite import family_of
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass
+class Run:
+    """One run directory as the leaderboard sees it."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+    trajectories: list[Trajectory]
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory's eval trajectories (deduplicated by episode key).
+
+    Raises:
+        ConfigError: the directory holds no ``trajectories.jsonl``.
+    """
+    from timely_eval.episodes import EpisodeLog
+    from timely_eval.runner import TRAJECTORIES
+
+    path = Path(path)
+    file = path / TRAJECTORIES if path.is_dir() else path
+    if not file.exists():
+        raise ConfigError(
+            f"{path} is not a Timely-Eval run directory (no {TRAJECTORIES}); "
+            "create one with `timely eval --suite smoke --out runs/NAME`"
+        )
+    run_dir = file.parent
+    manifest_file = run_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    trajs = [
+        t for t in EpisodeLog(file).records.values() if t.metadata.get("phase") != "calibration"
+    ]
+    return Run(name=run_dir.name, path=run_dir, manifest=manifest, trajectories=trajs)
+
+
+def merge_runs(runs: list[Run]) -> list[Trajectory]:
+    """All runs' trajectories; a label two runs made with different settings gets the run name.
+
+    The same episode key in two runs is the same episode and is counted once.
+    """
+    seen_keys: set[str] = set()
+    label_fp: dict[str, str] = {}
+    out: list[Trajectory] = []
+    for run in runs:
+        for t in run.trajectories:
+            key = str(t.metadata.get("key", id(t)))
+            if key in seen_keys:
+                continue
+            seen_keys.add(key)
+            label = str(t.metadata.get("label", t.policy))
+            first = label_fp.setdefault(label, t.config_hash)
+            if first != t.config_hash:
+                t = t.model_copy(
+                    update={"metadata": {**t.metadata, "label": f"{label} ({run.name})"}}
+                )
+            out.append(t)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def latency_value(spec: str) -> float:
+    """A typical latency in seconds for a spec (its mean, by sampling), NaN if unknown."""
+    from server.latency import parse_latency
+
+    try:
+        model = parse_latency(spec)
+    except ValueError:
+        return float("nan")
+    rng = make_rng("leaderboard", spec)
+    return float(np.mean([model.sample(rng) for _ in range(2000)]))
+
+
+def latency_short(spec: str) -> str:
+    """'constant:0.2' -> '0.2s'; other specs unchanged."""
+    kind, _, arg = spec.partition(":")
+    if kind == "constant":
+        try:
+            return f"{float(arg):g}s"
+        except ValueError:
+            pass
+    return spec
+
+
+def report_from_runs(paths: list[str | Path]) -> dict[str, Any]:
+    """Every number of a leaderboard, as one JSON-safe dict.
+
+    Args:
+        paths: run directories (or their trajectories.jsonl files).
+    """
+    if not paths:
+        raise ConfigError("give at least one run directory")
+    runs = [load_run(p) for p in paths]
+    trajs = merge_runs(runs)
+    latencies = sorted({t.latency for t in trajs}, key=lambda s: (latency_value(s), s))
+    families = []
+    for family in sorted({family_of(t.task_id) for t in trajs}):
+        ft = [t for t in trajs if family_of(t.task_id) == family]
+        overview = aggregate(ft, ("policy",))
+        by_latency = aggregate(ft, ("policy", "latency"))
+        for row in overview:
+            row["by_latency"] = {
+                r["latency"]: r["score"] for r in by_latency if r["policy"] == row["policy"]
+            }
+        overview.sort(key=lambda r: (-r["score"], r["policy"]))
+        cells = aggregate(ft, ("policy", "latency", "budget"))
+        lat_rank = {s: i for i, s in enumerate(latencies)}
+        cells.sort(
+            key=lambda r: (r["policy"], lat_rank[r["latency"]], budget_sort_key(r["budget"]))
+        )
+        families.append(
+            {
+                "family": family,
+                "tasks": sorted({t.task_id for t in ft}),
+                "latencies": [s for s in latencies if any(t.latency == s for t in ft)],
+                "budgets": sorted({r["budget"] for r in cells}, key=budget_sort_key),
+                "overview": overview,
+                "by_latency": by_latency,
+                "by_budget": aggregate(ft, ("policy", "budget")),
+                "cells": cells,
+                "tasks_detail": aggregate(ft, ("policy", "task", "latency", "budget")),
+            }
+        )
+    return {
+        "runs": [
+            {
+                "name": r.name,
+                "path": str(r.path),
+                "suite": r.manifest.get("suite"),
+                "created": r.manifest.get("created"),
+                "git_sha": r.manifest.get("git_sha"),
+                "episodes": len(r.trajectories),
+                "clocks": sorted({t.clock for t in r.trajectories}),
+            }
+            for r in runs
+        ],
+        "episodes": len(trajs),
+        "latencies": latencies,
+        "latency_values": {s: latency_value(s) for s in latencies},
+        "families": families,
+    }
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+
+def fmt_score(row: dict[str, Any]) -> str:
+    return f"{row['score']:.2f} [{row['score_lo']:.2f}, {row['score_hi']:.2f}]"
+
+
+def fmt_share(row: dict[str, Any]) -> str:
+    if row.get("gen_share") is None:
+        return "-"
+    return f"{100 * row['gen_share']:.0f}% / {100 * row['tool_share']:.0f}%"
+
+
+def overview_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a family's overview table (policies pooled over tasks and budgets)."""
+    lats = family["latencies"]
+    header = [
+        "Policy",
+        "Score [95% CI]",
+        *(f"@{latency_short(s)}" for s in lats),
+        "On time",
+        "Raw score",
+        "Mean s",
+        "P95 s",
+        "Tool calls",
+        "Gen / tool",
+        "n",
+    ]
+    rows = []
+    for r in family["overview"]:
+        by_lat = [f"{r['by_latency'][s]:.2f}" if s in r["by_latency"] else "-" for s in lats]
+        rows.append(
+            [
+                r["policy"],
+                fmt_score(r),
+                *by_lat,
+                f"{r['compliance']:.0%}",
+                f"{r['raw_score']:.2f}",
+                f"{r['mean_elapsed_s']:.1f}",
+                f"{r['p95_elapsed_s']:.1f}",
+                f"{r['tool_calls']:.1f}",
+                fmt_share(r),
+                str(r["n"]),
+            ]
+        )
+    return header, rows
+
+
+def cell_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a family's detailed table (policy x latency x budget)."""
+    header = [
+        "Policy",
+        "Latency",
+        "Budget",
+        "Budget s",
+        "Score [95% CI]",
+        "On time",
+        "Raw score",
+        "Mean s",
+        "P95 s",
+        "Tool calls",
+        "Turns",
+        "Gen tokens",
+        "Gen / tool",
+        "n",
+    ]
+    rows = [
+        [
+            r["policy"],
+            latency_short(r["latency"]),
+            r["budget"],
+            f"{r['mean_budget_s']:.1f}",
+            fmt_score(r),
+            f"{r['compliance']:.0%}",
+            f"{r['raw_score']:.2f}",
+            f"{r['mean_elapsed_s']:.1f}",
+            f"{r['p95_elapsed_s']:.1f}",
+            f"{r['tool_calls']:.1f}",
+            f"{r['turns']:.1f}",
+            f"{r['gen_tokens']:.0f}",
+            fmt_share(r),
+            str(r["n"]),
+        ]
+        for r in family["cells"]
+    ]
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str:
+    """The leaderboard as markdown: one section per family, then how to read it."""
+    runs = ", ".join(
+        f"`{r['name']}` ({r['suite'] or '?'}, {r['episodes']} episodes)" for r in report["runs"]
+    )
+    out = [
+        "# Timely-Eval leaderboard",
+        "",
+        f"Runs: {runs}. Score = task score of answers given within the budget (late or "
+        "missing answers score 0), mean with a 95% confidence interval; On time = share "
+        "answered within the budget; Raw score ignores time; Gen / tool = share of time "
+        "spent generating vs waiting on tools.",
+        "",
+    ]
+    if plots and "score_vs_latency" in plots:
+        out += [f"![on-time score vs tool latency]({plots['score_vs_latency']})", ""]
+    for fam in report["families"]:
+        out += [
+            f"## {fam['family']}",
+            "",
+            f"Tasks: {', '.join(f'`{t}`' for t in fam['tasks'])} · budgets: "
+            f"{', '.join(fam['budgets'])}",
+            "",
+            "Pooled over tasks and budgets; `@L` columns give the score at tool latency L.",
+            "",
+            _md_table(*overview_columns(fam)),
+            "",
+        ]
+        if plots and f"score_vs_latency_{fam['family']}" in plots:
+            out += [
+                f"![score vs latency, {fam['family']}]"
+                f"({plots['score_vs_latency_' + fam['family']]})",
+                "",
+            ]
+        out += [
+            "<details><summary>By latency and budget</summary>",
+            "",
+            _md_table(*cell_columns(fam)),
+            "",
+            "</details>",
+            "",
+        ]
+    if plots:
+        out += (
+            ["## Plots", ""]
+            + [
+                f"![{name}]({file})"
+                for name, file in plots.items()
+                if not name.startswith("score_vs_latency")
+            ]
+            + [""]
+        )
+    return "\n".join(out)
+
+
+def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
+    """A self-contained HTML page: inline CSS and JS, plots as data URIs."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    uris = {
+        name: "data:image/png;base64," + base64.b64encode(data).decode()
+        for name, data in images.items()
+    }
+    families = [
+        {
+            **fam,
+            "overview_table": overview_columns(fam),
+            "cell_table": cell_columns(fam),
+            "plot": uris.get(f"score_vs_latency_{fam['family']}"),
+        }
+        for fam in report["families"]
+    ]
+    others = {k: v for k, v in uris.items() if not k.startswith("score_vs_latency_")}
+    return env.get_template("leaderboard.html.j2").render(
+        report=report, families=families, plots=others
+    )
+
+
+def write_leaderboard(paths: list[str | Path], out: str | Path) -> dict[str, Path]:
+    """Write leaderboard.md, leaderboard.html, results.json and PNG plots into ``out``.
+
+    Args:
+        paths: run directories.
+        out: the report directory (created).
+
+    Returns:
+        Name -> path of every file written.
+    """
+    from timely_eval.plots import write_plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = report_from_runs(paths)
+    if not report["episodes"]:
+        raise ConfigError(f"no eval episodes in {[str(p) for p in paths]}; nothing to report")
+    pngs = write_plots(report, out)
+    files: dict[str, Path] = {f"{name}.png": path for name, path in pngs.items()}
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out / "leaderboard.md").write_text(
+        render_markdown(report, {name: path.name for name, path in pngs.items()})
+    )
+    html = render_html(report, {name: path.read_bytes() for name, path in pngs.items()})
+    (out / "leaderboard.html").write_text(html)
+    for name in ("results.json", "leaderboard.md", "leaderboard.html"):
+        files[name] = out / name
+    return files

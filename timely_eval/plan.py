@@ -1,0 +1,249 @@
+"""The episode plan: a suite expanded into episodes, each with a stable key.
+
+Resume, deduplication and the Ray backend all rest on one idea: an episode is identified by a key
+hashed from what determines its outcome (task id, options, difficulty, seed and split; the policy
+entry; the latency; the budget; and the fingerprint of the suite's episode settings). The runner
+skips keys already in the run directory; workers receive :class:`EpisodeItem` objects and need
+nothing but the suite to play them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from timely_eval.suite import PolicyEntry, Suite, TaskEntry, matches
+
+Phase = Literal["calibration", "eval"]
+CALIBRATION_LABEL = "calibration"
+
+
+class EpisodeItem(BaseModel):
+    """One episode to play: the cell it belongs to, its seed, its resolved budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str = Field(description="Unique, stable id of the episode (resume and dedup key).")
+    phase: Phase = Field(description="calibration (unconstrained) or eval.")
+    policy: str = Field(description="Policy label in the suite.")
+    task_index: int = Field(description="Index of the task entry in suite.tasks.")
+    task_id: str = Field(description="Task id.")
+    seed: int = Field(description="Episode seed.")
+    latency: str = Field(description="Tool latency spec (the cell's latency label).")
+    budget: str = Field(description="Budget label: '30s', 'x2', 'default' or 'calibration'.")
+    budget_s: float = Field(gt=0, description="Resolved budget in seconds.")
+    slack: float = Field(1.0, ge=1.0, description="On-time slack factor.")
+
+
+def fingerprint(suite: Suite) -> str:
+    """Hash of the settings that change what an episode does beyond its own key fields.
+
+    Grids (tasks, policies, latencies, budget values), seeds and run-time knobs (concurrency,
+    backend) are left out: they either enter each key directly or do not change outcomes, so a
+    run can be extended with more policies or latencies and resumed.
+    """
+    payload = {
+        "split": suite.split,
+        "clock": suite.clock,
+        "episode": suite.episode.model_dump(mode="json"),
+        "tool_server": suite.tool_server,
+        "calibration": suite.calibration.model_dump(mode="json"),
+        "budgets": suite.budgets.model_dump(
+            mode="json", exclude={"seconds", "multipliers", "task_default"}
+        ),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def episode_key(
+    suite_fp: str,
+    phase: Phase,
+    task: TaskEntry,
+    seed: int,
+    split: str,
+    policy: PolicyEntry,
+    latency: str,
+    budget: str,
+) -> str:
+    """The unique key of one episode (16 hex digits)."""
+    payload = {
+        "fp": suite_fp,
+        "phase": phase,
+        "task": task.model_dump(mode="json", exclude={"episodes"}),
+        "seed": seed,
+        "split": split,
+        "policy": policy.model_dump(
+            mode="json", exclude={"episodes", "tasks", "latencies", "budgets", "label"}
+        ),
+        "label": policy.name,
+        "latency": latency,
+        "budget": budget,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def budget_label(kind: str, value: float) -> str:
+    """'30s' for absolute seconds, 'x2' for a multiplier."""
+    return f"{value:g}s" if kind == "seconds" else f"x{value:g}"
+
+
+def budget_sort_key(label: str) -> tuple[int, float]:
+    """Order budget labels: default, absolute by seconds, relative by multiplier, calibration."""
+    if label == "default":
+        return (0, 0.0)
+    if label.endswith("s") and label[:-1].replace(".", "", 1).isdigit():
+        return (1, float(label[:-1]))
+    if label.startswith("x"):
+        try:
+            return (2, float(label[1:]))
+        except ValueError:
+            pass
+    return (3, 0.0)
+
+
+def _n_episodes(suite: Suite, task: TaskEntry, policy: PolicyEntry) -> int:
+    overrides = [n for n in (task.episodes, policy.episodes) if n is not None]
+    return min(overrides) if overrides else suite.episodes
+
+
+def _cells(suite: Suite) -> Iterator[tuple[PolicyEntry, int, TaskEntry, int, str]]:
+    """(policy, task index, task, seed, latency) for every item the policy plays."""
+    latencies = _latencies(suite)
+    for policy in suite.policies:
+        for ti, task in enumerate(suite.tasks):
+            if policy.tasks is not None and not any(matches(task.id, p) for p in policy.tasks):
+                continue
+            for i in range(_n_episodes(suite, task, policy)):
+                for latency in latencies:
+                    if not _policy_plays_latency(policy, latency):
+                        continue
+                    yield policy, ti, task, suite.seed + i, latency
+
+
+def _latencies(suite: Suite) -> list[str]:
+    if suite.tool_server:
+        return [f"server:{suite.tool_server}"]  # latency is whatever that server does
+    return suite.latencies
+
+
+def _policy_plays_latency(policy: PolicyEntry, latency: str) -> bool:
+    if policy.latencies is None or latency.startswith("server:"):
+        return True
+    from server.latency import parse_latency
+
+    return latency in {parse_latency(x).spec for x in policy.latencies}
+
+
+def _budget_labels(suite: Suite, task: TaskEntry, policy: PolicyEntry) -> list[tuple[str, float]]:
+    """(label, value) pairs of the task's budgets that the policy plays; relative values are
+    multipliers, absolute ones seconds, 'default' carries 0."""
+    grid = suite.budgets
+    out: list[tuple[str, float]] = []
+    if grid.task_default:
+        out.append(("default", 0.0))
+    out += [(budget_label("seconds", s), s) for s in grid.seconds]
+    out += [(budget_label("x", m), m) for m in grid.multipliers_for(task.id)]
+    if policy.budgets is not None:
+        out = [(label, v) for label, v in out if label in policy.budgets]
+    return out
+
+
+def plan_calibration(suite: Suite) -> list[EpisodeItem]:
+    """The unconstrained episodes that relative budgets need (one per policy x item x latency)."""
+    fp = fingerprint(suite)
+    items: list[EpisodeItem] = []
+    for policy, ti, task, seed, latency in _cells(suite):
+        if not any(label.startswith("x") for label, _ in _budget_labels(suite, task, policy)):
+            continue
+        key = episode_key(
+            fp, "calibration", task, seed, suite.split, policy, latency, CALIBRATION_LABEL
+        )
+        items.append(
+            EpisodeItem(
+                key=key,
+                phase="calibration",
+                policy=policy.name,
+                task_index=ti,
+                task_id=task.id,
+                seed=seed,
+                latency=latency,
+                budget=CALIBRATION_LABEL,
+                budget_s=suite.calibration.budget_s,
+            )
+        )
+    return items
+
+
+BudgetResolver = Callable[[EpisodeItem, float], float | None]
+
+
+def plan_eval(
+    suite: Suite,
+    *,
+    default_budget: Callable[[TaskEntry, int], float],
+    relative_budget: BudgetResolver | None = None,
+) -> tuple[list[EpisodeItem], list[str]]:
+    """The eval episodes, with budgets resolved.
+
+    Args:
+        suite: the suite.
+        default_budget: (task entry, seed) -> the task's default budget (builds the task).
+        relative_budget: (calibration item, multiplier) -> seconds, or None when that item has no
+            calibration record yet.
+
+    Returns:
+        The items, and messages about episodes that could not be planned (missing calibration).
+    """
+    fp = fingerprint(suite)
+    items: list[EpisodeItem] = []
+    problems: list[str] = []
+    for policy, ti, task, seed, latency in _cells(suite):
+        slack = suite.budgets.slack_for(task.id)
+        for label, value in _budget_labels(suite, task, policy):
+            if label == "default":
+                seconds: float | None = default_budget(task, seed)
+            elif label.startswith("x"):
+                calib_key = episode_key(
+                    fp, "calibration", task, seed, suite.split, policy, latency, CALIBRATION_LABEL
+                )
+                calib = EpisodeItem(
+                    key=calib_key,
+                    phase="calibration",
+                    policy=policy.name,
+                    task_index=ti,
+                    task_id=task.id,
+                    seed=seed,
+                    latency=latency,
+                    budget=CALIBRATION_LABEL,
+                    budget_s=suite.calibration.budget_s,
+                )
+                seconds = relative_budget(calib, value) if relative_budget else None
+                if seconds is None:
+                    problems.append(
+                        f"{policy.name} {task.id} seed={seed} {latency} {label}: "
+                        "no calibration record"
+                    )
+                    continue
+            else:
+                seconds = value
+            key = episode_key(fp, "eval", task, seed, suite.split, policy, latency, label)
+            items.append(
+                EpisodeItem(
+                    key=key,
+                    phase="eval",
+                    policy=policy.name,
+                    task_index=ti,
+                    task_id=task.id,
+                    seed=seed,
+                    latency=latency,
+                    budget=label,
+                    budget_s=seconds,
+                    slack=slack,
+                )
+            )
+    return items, problems
