@@ -76,14 +76,27 @@ class RichProgress:
         self.progress.update(self._tasks[phase], advance=1, counts=self._text(phase))
 
 
-def summary_tables(run_dir: Path) -> list[Table]:
-    """Rich tables of a run: one overview per task family."""
+# Columns a narrow terminal keeps (the rest are in summary.md and the leaderboard).
+_NARROW_COLUMNS = ("Policy", "Score [95% CI]", "On time", "Mean s", "n")
+
+
+def summary_tables(run_dir: Path, width: int = 200) -> list[Table]:
+    """Rich tables of a run: one overview per task family.
+
+    Args:
+        run_dir: the run directory.
+        width: terminal columns; below ~150 only the score, latency and compliance columns stay.
+    """
     from timely_eval.leaderboard import overview_columns, report_from_runs
 
     report = report_from_runs([run_dir])
     tables = []
     for fam in report["families"]:
         header, rows = overview_columns(fam)
+        if width < 150:
+            keep = [i for i, h in enumerate(header) if h in _NARROW_COLUMNS or h.startswith("@")]
+            header = [header[i] for i in keep]
+            rows = [[row[i] for i in keep] for row in rows]
         table = Table(
             title=f"{fam['family']} · {len(fam['tasks'])} task(s) · budgets "
             f"{', '.join(fam['budgets'])}",
@@ -139,7 +152,7 @@ def eval_command(
         console.print("loading the local model (the first load takes ~15 s)…")
     with RichProgress(console) as progress:
         report = asyncio.run(run_suite(loaded, run_dir, resume=resume, progress=progress))
-    for table in summary_tables(run_dir):
+    for table in summary_tables(run_dir, console.width):
         console.print(table)
     if plots and report.results.get("episodes"):
         from timely_eval.leaderboard import write_leaderboard

@@ -101,25 +101,31 @@ def latency_value(spec: str) -> float:
 
 
 def latency_short(spec: str) -> str:
-    """'constant:0.2' -> '0.2s'; other specs unchanged."""
+    """A column label: 'constant:0.2' -> '0.2s', 'lognormal:1.0,0.6' -> '~1s' (the median).
+
+    Other specs are unchanged; the legend under each table names them in full.
+    """
     kind, _, arg = spec.partition(":")
+    try:
+        first = float(arg.split(",")[0])
+    except ValueError:
+        return spec
     if kind == "constant":
-        try:
-            return f"{float(arg):g}s"
-        except ValueError:
-            pass
+        return f"{first:g}s"
+    if kind == "lognormal":
+        return f"~{first:g}s"
     return spec
 
 
-def report_from_runs(paths: list[str | Path]) -> dict[str, Any]:
+def report_from_runs(paths: list[str | Path | Run]) -> dict[str, Any]:
     """Every number of a leaderboard, as one JSON-safe dict.
 
     Args:
-        paths: run directories (or their trajectories.jsonl files).
+        paths: run directories (or their trajectories.jsonl files), or runs already loaded.
     """
     if not paths:
         raise ConfigError("give at least one run directory")
-    runs = [load_run(p) for p in paths]
+    runs = [p if isinstance(p, Run) else load_run(p) for p in paths]
     trajs = merge_runs(runs)
     latencies = sorted({t.latency for t in trajs}, key=lambda s: (latency_value(s), s))
     families = []
@@ -290,7 +296,9 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None = None)
             f"Tasks: {', '.join(f'`{t}`' for t in fam['tasks'])} · budgets: "
             f"{', '.join(fam['budgets'])}",
             "",
-            "Pooled over tasks and budgets; `@L` columns give the score at tool latency L.",
+            "Pooled over tasks and budgets; `@L` columns give the score at tool latency L ("
+            + ", ".join(f"`{latency_short(x)}` = `{x}`" for x in fam["latencies"])
+            + "; `~` marks a median).",
             "",
             _md_table(*overview_columns(fam)),
             "",

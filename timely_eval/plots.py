@@ -135,7 +135,7 @@ def plot_score_vs_latency(report: dict[str, Any], path: Path) -> Path:
         )
     fig.suptitle("On-time score vs tool latency (shaded: 95% CI)", fontweight="bold")
     _legend(fig, axes)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -149,7 +149,7 @@ def plot_family_by_budget(report: dict[str, Any], fam: dict[str, Any], path: Pat
         _score_lines(ax, report, rows, fam["latencies"], policies, f"budget {budget}")
     fig.suptitle(f"{fam['family']}: on-time score vs tool latency, by budget", fontweight="bold")
     _legend(fig, axes)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -181,7 +181,7 @@ def plot_compliance_vs_budget(report: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle("Budget compliance vs budget (all latencies)", fontweight="bold")
     _legend(fig, axes)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -211,7 +211,7 @@ def plot_time_breakdown(report: dict[str, Any], path: Path) -> Path:
         "Where the time goes: generation vs tools (all latencies and budgets)", fontweight="bold"
     )
     _legend(fig, axes[:1])
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 

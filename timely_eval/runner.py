@@ -177,7 +177,12 @@ async def run_suite(
     finally:
         calib_log.close()
         eval_log.close()
-    report.results = write_results(run_dir, suite)
+    report.results = write_results(
+        run_dir,
+        suite,
+        trajectories=list(eval_log.records.values()),
+        calibration=list(calib_log.records.values()),
+    )
     return report
 
 
@@ -248,12 +253,33 @@ def _default_budgets(suite: Suite) -> Callable[[TaskEntry, int], float]:
     return default
 
 
-def write_results(run_dir: Path, suite: Suite | None = None) -> dict[str, Any]:
-    """Recompute ``results.json`` and ``summary.md`` from the run directory's trajectories."""
-    from timely_eval.leaderboard import render_markdown, report_from_runs
+def write_results(
+    run_dir: Path,
+    suite: Suite | None = None,
+    *,
+    trajectories: list[Trajectory] | None = None,
+    calibration: list[Trajectory] | None = None,
+) -> dict[str, Any]:
+    """Recompute ``results.json`` and ``summary.md`` from the run directory's trajectories.
 
-    trajs = list(EpisodeLog(run_dir / TRAJECTORIES).records.values())
-    calib = list(EpisodeLog(run_dir / CALIBRATION).records.values())
+    Args:
+        run_dir: the run directory.
+        suite: the suite it ran (recorded by name and fingerprint).
+        trajectories: the eval records when the caller holds them (else read from disk).
+        calibration: the calibration records likewise.
+    """
+    from timely_eval.leaderboard import Run, render_markdown, report_from_runs
+
+    trajs = (
+        trajectories
+        if trajectories is not None
+        else list(EpisodeLog(run_dir / TRAJECTORIES).records.values())
+    )
+    calib = (
+        calibration
+        if calibration is not None
+        else list(EpisodeLog(run_dir / CALIBRATION).records.values())
+    )
     results = {
         "suite": suite.name if suite else None,
         "fingerprint": fingerprint(suite) if suite else None,
@@ -263,6 +289,8 @@ def write_results(run_dir: Path, suite: Suite | None = None) -> dict[str, Any]:
         "calibration": calibration_summary(calib),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    report = report_from_runs([run_dir])
-    (run_dir / "summary.md").write_text(render_markdown(report))
+    manifest_file = run_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    run = Run(name=run_dir.name, path=run_dir, manifest=manifest, trajectories=trajs)
+    (run_dir / "summary.md").write_text(render_markdown(report_from_runs([run])))
     return results

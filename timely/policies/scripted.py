@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.policies.base import Deadline, register_backend
+from timely.rng import make_rng
 from timely.types import Completion, Message, ToolCall
 
 if TYPE_CHECKING:
@@ -80,6 +81,12 @@ class ScriptedPolicy:
         think_tokens: hidden reasoning tokens added to every completion (emulates a thinking
             model, so a SpeedProfile charges more generation time per turn).
         first_step_s: budget-aware only: the step-time estimate before any step was observed.
+        slip: probability that a turn's tool call is wasted (re-issued instead of advancing the
+            solution), drawn from a stream seeded by the task id, split and seed. It emulates a
+            weaker model that needs more interactions for the same result: with ``slip`` and a
+            fast SpeedProfile one policy plays a small fast model, with ``slip=0`` and a slow
+            profile a large slow one, and tool latency decides which wins (the paper's
+            crossover, simulated).
         task: the task being played (set by ``bind``).
     """
 
@@ -90,20 +97,28 @@ class ScriptedPolicy:
         safety: float = 1.5,
         think_tokens: int = 0,
         first_step_s: float = 0.0,
+        slip: float = 0.0,
         task: Task | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown scripted policy {mode!r}; use one of {', '.join(MODES)}")
         if safety <= 0 or think_tokens < 0 or first_step_s < 0:
             raise ConfigError("safety must be > 0; think_tokens and first_step_s must be >= 0")
+        if not 0.0 <= slip < 1.0:
+            raise ConfigError(f"slip must be in [0, 1), got {slip}")
         self.mode: ScriptMode = mode
         self.name = f"scripted:{mode}"
         self.safety = float(safety)
         self.think_tokens = int(think_tokens)
         self.first_step_s = float(first_step_s)
+        self.slip = float(slip)
         self.task = task
         self._solution: ScriptedSolution | None = task.solution() if task is not None else None
         self._started_at: float | None = None
+        self._wasted = 0  # tool calls re-issued by a slip; they do not advance the solution
+        self._rng = (
+            make_rng("scripted-slip", task.id, task.spec.split, task.spec.seed) if task else None
+        )
 
     def bind(self, task: Task) -> ScriptedPolicy:
         """A fresh instance that plays ``task`` (the loop calls this once per episode)."""
@@ -112,6 +127,7 @@ class ScriptedPolicy:
             safety=self.safety,
             think_tokens=self.think_tokens,
             first_step_s=self.first_step_s,
+            slip=self.slip,
             task=task,
         )
 
@@ -131,8 +147,8 @@ class ScriptedPolicy:
             raise PolicyError(f"{self.name} must be bound to a task first: use bind_policy()")
         if self._started_at is None:
             self._started_at = deadline.clock.now()
-        done = sum(1 for m in messages if _get(m, "role") == "tool")
-        step = min(done, len(solution.calls))
+        done = sum(1 for m in messages if _get(m, "role") == "tool") - self._wasted
+        step = max(0, min(done, len(solution.calls)))
         call: ToolCall | None = None
         if self.mode == "answer-now":
             text = _fallback(solution, 0)
@@ -142,6 +158,10 @@ class ScriptedPolicy:
             text = _fallback(solution, step)
         else:
             call = solution.calls[step]
+            if step > 0 and self.slip and self._rng is not None and self._rng.random() < self.slip:
+                step -= 1  # a wasted turn: the previous call again, as a weaker model would
+                self._wasted += 1
+                call = solution.calls[step].model_copy(update={"id": f"{call.id}-retry"})
             text = f"Step {step + 1}: {_describe(call)}."
         out_chars = len(text) + (len(call.name) + len(json.dumps(call.arguments)) if call else 0)
         return Completion(
@@ -175,10 +195,11 @@ def make_scripted(name: str = "oracle", **opts: Any) -> ScriptedPolicy:
 
     Args:
         name: the mode, with or without the ``scripted:`` prefix.
-        **opts: ``safety``, ``think_tokens``, ``first_step_s`` (see :class:`ScriptedPolicy`).
+        **opts: ``safety``, ``think_tokens``, ``first_step_s``, ``slip`` (see
+            :class:`ScriptedPolicy`).
     """
     mode = name.removeprefix("scripted:")
-    known = {"safety", "think_tokens", "first_step_s"}
+    known = {"safety", "think_tokens", "first_step_s", "slip"}
     unknown = set(opts) - known
     if unknown:
         raise ConfigError(

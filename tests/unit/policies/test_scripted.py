@@ -147,3 +147,17 @@ async def test_accepts_openai_shaped_dict_messages():
         messages, [], deadline=Deadline(at=10, clock=clock)
     )
     assert out.tool_calls == [SOLUTION.calls[1]]
+
+
+async def test_slip_wastes_turns_but_still_solves_and_is_seeded():
+    clean, clean_msgs = await _play(make_scripted("oracle"), budget=1e6, step_s=1.0)
+    out, messages = await _play(make_scripted("oracle", slip=0.5), budget=1e6, step_s=1.0)
+    again, again_msgs = await _play(make_scripted("oracle", slip=0.5), budget=1e6, step_s=1.0)
+    assert out.text == clean.text == SOLUTION.answer  # a slip delays the answer, never breaks it
+    calls = [m.tool_calls[0] for m in messages if m.role == "assistant"]
+    assert len(calls) > len(SOLUTION.calls)
+    distinct = [c.arguments for c in calls if not c.id.endswith("-retry")]
+    assert distinct == [c.arguments for c in SOLUTION.calls]
+    assert [m.model_dump() for m in messages] == [m.model_dump() for m in again_msgs]
+    with pytest.raises(ConfigError, match="slip"):
+        make_scripted("oracle", slip=1.0)

@@ -215,8 +215,8 @@ class MathTask(Task):
             prompt=f"{self.problem.text}\n\n{self.prompt_footer()}",
             tools=(CALCULATOR,),
             default_budget_s=budget_for(len(self.problem.steps)),
-            # One turn per calculator step plus room for a few mistakes and the answer.
-            max_turns=max(20, len(self.problem.steps) + 10),
+            # A turn per calculator step, as many again for mistakes, and the answer.
+            max_turns=max(20, 2 * len(self.problem.steps) + 5),
             time_status="pull",
             metadata={"family": self.family, "n_steps": len(self.problem.steps)}
             | self.problem.metadata,
