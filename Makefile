@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/timely run --task math/arithmetic --policy scripted:oracle --budget 30 \
-		--latency constant:1.0 --clock virtual --seed 0 --out runs/demo-oracle
 	$(VENV)/bin/timely run --task math/arithmetic --policy hf:smollm2-135m --budget 30 \
-		--latency constant:1.0 --clock virtual --speed smollm2-cpu --seed 0 --out runs/demo
+		--latency constant:1.0 --clock virtual --speed smollm2-cpu --seed 0 --out runs/demo-trace
+	$(VENV)/bin/timely eval --suite smoke --policy suite --out runs/demo
+	$(VENV)/bin/timely leaderboard runs/demo --out reports/demo
+	@echo "open reports/demo/leaderboard.html (or leaderboard.md) to read the results"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu"
