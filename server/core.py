@@ -302,14 +302,15 @@ class ToolServer:
             message = f"tool {name!r} failed: injected fault (a simulated tool failure)"
             result, error, timed_out, service = None, _err("tool_error", message), False, 0.0
         else:
+            work_left = None if deadline_s is None else deadline_s - latency
             ctx = ToolContext(
                 tool=name,
                 session_id=session.id if session else None,
                 seed=self.config.seed,
                 clock="virtual" if virtual else "wall",
                 state=session.state if session else None,
+                deadline_s=work_left,
             )
-            work_left = None if deadline_s is None else deadline_s - latency
             result, error, timed_out, service = await _run_handler(
                 tooldef, arguments, ctx, work_left
             )

@@ -36,7 +36,21 @@ __all__ = [
 ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
 
 # "module:attr" of every built-in tool; imported only when a registry is built.
-BUILTIN_TOOLS: tuple[str, ...] = ("tools.echo:echo", "tools.calculator:calculator")
+BUILTIN_TOOLS: tuple[str, ...] = (
+    "tools.echo:echo",
+    "tools.calculator:calculator",
+    *(
+        f"tools.games.moves:{attr}"
+        for attr in (
+            "game_new", "look", "go", "take", "drop", "open_", "unlock", "put", "examine",
+            "inventory", "step", "get_available_actions", "get_score", "get_max_score", "end_game",
+        )
+    ),
+    "tools.sandbox.tool:run_python",
+    *(f"tools.ml.tools:{attr}" for attr in (
+        "ml_setup", "describe_data", "train_model", "evaluate_model", "submit_model",
+    )),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,11 @@ async def run_episode(
     end, error, answer = EndReason.MAX_TURNS, None, None
     messages: list[Message] = []
     try:
-        messages = await ep.start()
+        # Preparing the environment (creating a game, a workspace) is not the agent's time:
+        # the budget starts once the task is ready.
         await task.setup(tools, session)
+        ep.start_at = clock.now()
+        messages = await ep.start()
         for turn in range(opts.max_turns or task.spec.max_turns):
             if ep.out_of_time():
                 end = EndReason.BUDGET_EXHAUSTED

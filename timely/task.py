@@ -58,6 +58,11 @@ class ScriptedSolution(BaseModel):
     calls: list[ToolCall]
     answer: str
     fallback_answers: list[str] = Field(default_factory=list)
+    idle_call: ToolCall | None = Field(
+        None,
+        description="A call that changes nothing (look, get_score): what a scripted policy "
+        "wastes a turn on. None: repeating the previous call is harmless for this task.",
+    )
 
 
 class Task(ABC):

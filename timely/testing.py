@@ -97,7 +97,8 @@ def _check_solution(task: Task, solution: ScriptedSolution, where: str) -> None:
     allowed = set(task.spec.tools) | {GET_DURATION_TOOL}
     ids = [c.id for c in solution.calls]
     _check(len(ids) == len(set(ids)), f"{where}: solution tool-call ids repeat: {ids}")
-    for call in solution.calls:
+    idle = [solution.idle_call] if solution.idle_call is not None else []
+    for call in [*solution.calls, *idle]:
         _check(
             call.name in allowed,
             f"{where}: solution calls {call.name!r}, not in spec.tools {task.spec.tools}",

@@ -30,6 +30,10 @@ class ToolContext:
         state: the session's state dict (None without a session). Stateful tools (a game, an ML
             workspace) keep per-episode state here; values with a ``close()`` method are closed
             when the session ends or expires.
+        deadline_s: real seconds the handler's own work may take before the caller's deadline
+            (what the caller has left minus the injected latency), or None without a deadline.
+            The server cancels the handler then anyway; long-running tools (the code sandbox)
+            use it to stop their work in time and still answer.
     """
 
     tool: str
@@ -37,3 +41,4 @@ class ToolContext:
     seed: int = 0
     clock: Literal["wall", "virtual"] = "wall"
     state: dict[str, Any] | None = field(default=None, compare=False)
+    deadline_s: float | None = None

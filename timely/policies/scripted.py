@@ -83,7 +83,8 @@ class ScriptedPolicy:
         first_step_s: budget-aware only: the step-time estimate before any step was observed.
         slip: probability that a turn's tool call is wasted (re-issued instead of advancing the
             solution), drawn from a stream seeded by the task id, split and seed. It emulates a
-            weaker model that needs more interactions for the same result: with ``slip`` and a
+            weaker model that needs more interactions for the same result (the wasted call is
+            the solution's ``idle_call``, else the previous call again): with ``slip`` and a
             fast SpeedProfile one policy plays a small fast model, with ``slip=0`` and a slow
             profile a large slow one, and tool latency decides which wins (the paper's
             crossover, simulated).
@@ -159,9 +160,11 @@ class ScriptedPolicy:
         else:
             call = solution.calls[step]
             if step > 0 and self.slip and self._rng is not None and self._rng.random() < self.slip:
-                step -= 1  # a wasted turn: the previous call again, as a weaker model would
+                # A wasted turn, as a weaker model would take: a call that changes nothing.
+                wasted = solution.idle_call or solution.calls[step - 1]
+                call = wasted.model_copy(update={"id": f"{call.id}-retry"})
                 self._wasted += 1
-                call = solution.calls[step].model_copy(update={"id": f"{call.id}-retry"})
+                step -= 1
             text = f"Step {step + 1}: {_describe(call)}."
         out_chars = len(text) + (len(call.name) + len(json.dumps(call.arguments)) if call else 0)
         return Completion(

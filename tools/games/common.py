@@ -5,22 +5,25 @@ share state and the server closes it when the session ends. Every observation a 
 returns ends with a machine-readable line ``[score P/M]``: the task scores an episode from the
 last such line in the trajectory's tool results, which keeps ``Task.score`` a pure function of
 the trajectory (the agent cannot write tool results, so it cannot forge the line). Text the
-agent typed is never echoed raw, so it cannot smuggle a fake score line in either.
+agent typed is never echoed raw (:func:`quote`), and commands reach an interpreter only after
+:func:`clean_command`, so no bracketed text of the agent's can appear in an observation either.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from typing import Any
 
 SCORE_LINE_RE = re.compile(r"^\[score (\d+)/(\d+)\]$")
-_GAME_OVER_HINT = "Reply without calling a tool to finish the episode."
+GAME_OVER_HINT = "Reply without calling a tool to finish the episode."
+MAX_COMMAND_CHARS = 200
 _MAX_ECHO_CHARS = 60
 
 
 def score_line(points: int, max_points: int) -> str:
     """The machine-readable last line of every game observation."""
-    return f"[score {points}/{max_points}]"
+    return f"[score {max(0, int(points))}/{max(0, int(max_points))}]"
 
 
 def parse_score_line(text: str) -> tuple[int, int] | None:
@@ -41,10 +44,41 @@ def quote(text: str) -> str:
     return f"'{flat}'"
 
 
+def clean_command(text: str) -> str:
+    """A command as an interpreter may see it: lower case letters, digits, spaces, ' and -.
+
+    Interactive-fiction parsers ignore case and punctuation anyway; dropping the rest means an
+    interpreter that echoes words back can never echo a bracket, a newline or a score line.
+    """
+    kept = re.sub(r"[^a-z0-9'\- ]+", " ", str(text).lower())
+    return " ".join(kept.split())[:MAX_COMMAND_CHARS]
+
+
 def win_message(code: str | None) -> str:
     """What a game says when the agent completes it (the code proves the win to ``score``)."""
     proof = f" Completion code: {code}." if code else ""
-    return f"*** You have won! ***{proof} {_GAME_OVER_HINT}"
+    return f"*** You have won! ***{proof} {GAME_OVER_HINT}"
+
+
+def verb_command(verb: str, args: dict[str, Any]) -> str:
+    """The typed command a move tool stands for: ``("unlock", {...})`` -> ``"unlock X with K"``.
+
+    Args:
+        verb: a move tool name (look, go, take, drop, open, unlock, put, examine, inventory).
+        args: its arguments.
+    """
+    a = {k: str(v) for k, v in args.items()}
+    if verb == "go":
+        return f"go {a.get('direction', '')}"
+    if verb == "unlock":
+        return f"unlock {a.get('target', '')} with {a.get('key', '')}"
+    if verb == "put":
+        return f"put {a.get('item', '')} {a.get('prep', 'on')} {a.get('target', '')}"
+    if verb in ("take", "drop"):
+        return f"{verb} {a.get('item', '')}"
+    if verb in ("open", "examine"):
+        return f"{verb} {a.get('target', '')}"
+    return verb  # look, inventory
 
 
 class GameSession(ABC):
@@ -56,10 +90,12 @@ class GameSession(ABC):
     Attributes:
         kind: the engine name, as in ``game_new``.
         code: the completion code revealed on winning (set by ``game_new``).
+        blocking: whether moves block (an interpreter): the tools then run them in a thread.
     """
 
     kind: str = ""
     code: str | None = None
+    blocking: bool = False
 
     @property
     @abstractmethod
@@ -93,6 +129,15 @@ class GameSession(ABC):
     def end(self) -> None:
         """Stop the game (the agent gave up); the score stays what it is."""
 
+    def act(self, verb: str, args: dict[str, Any]) -> str:
+        """Play one move tool (``go``, ``take``, ...); engines with one method per verb override.
+
+        Args:
+            verb: the move tool's name.
+            args: its (schema-checked) arguments.
+        """
+        return self.step(verb_command(verb, args))
+
     def close(self) -> None:  # noqa: B027 - engines without resources have nothing to free
         """Free interpreter resources; the tool server calls it when the session ends."""
 
@@ -106,5 +151,9 @@ class GameSession(ABC):
         how = "you won" if self.won else "it has ended"
         return (
             f"The game is over ({how}, with {self.score} of {self.max_score} points). "
-            f"{_GAME_OVER_HINT}"
+            f"{GAME_OVER_HINT}"
         )
+
+    def end_message(self) -> str:
+        """What ``end_game`` answers."""
+        return f"You ended the game with {self.score} of {self.max_score} points. {GAME_OVER_HINT}"

@@ -95,12 +95,12 @@ def test_profile_errors(tmp_path):
 
 async def test_profile_entries_for_unknown_tools_are_ignored_with_a_warning(caplog, tmp_path):
     custom = tmp_path / "mine.yaml"
-    custom.write_text("default: constant:2\nper_tool:\n  calculator: 3\n  step: 1\n")
+    custom.write_text("default: constant:2\nper_tool:\n  calculator: 3\n  no_such_tool: 1\n")
     config = ServerConfig.from_profile(custom, per_tool_latency={"echo": 5})
     assert config.latency_profile == "mine"
     with caplog.at_level(logging.WARNING, logger="timely.server"):
         app = create_app(config)
-    assert "step" in caplog.text and "ignored" in caplog.text
+    assert "no_such_tool" in caplog.text and "ignored" in caplog.text
     async with client_for(app) as client:
         for tool, args, want in [
             ("echo", {"text": "x"}, 5.0),
@@ -109,9 +109,16 @@ async def test_profile_entries_for_unknown_tools_are_ignored_with_a_warning(capl
             body = await client.post(f"/tools/{tool}", json={"arguments": args}, headers=VIRTUAL)
             assert body.json()["latency_s"] == want
         shown = (await client.get("/admin/latency")).json()
-    assert shown["profile"] == "mine" and "step" not in shown["per_tool"]
-    app = create_app(ServerConfig.from_profile("jericho-reference"))  # no game tools: still fine
-    assert app.state.tool_server.latency.per_tool == {}
+    assert shown["profile"] == "mine" and "no_such_tool" not in shown["per_tool"]
+    app = create_app(ServerConfig.from_profile("jericho-reference"))  # prices the game tools
+    per_tool = {k: m.spec for k, m in app.state.tool_server.latency.per_tool.items()}
+    assert per_tool == {
+        "step": "constant:1.0",
+        "get_available_actions": "constant:0.2",
+        "get_score": "constant:0.1",
+        "get_max_score": "constant:0.1",
+        "end_game": "constant:0.1",
+    }
 
 
 def test_build_server_config_precedence(tmp_path):

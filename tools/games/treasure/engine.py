@@ -11,14 +11,20 @@ Chalice") but never guessed between two candidates.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from tools.games.common import GameSession, quote, win_message
-from tools.games.treasure.world import DIRECTIONS, Lockable, World
+from tools.games.treasure.world import DIRECTIONS, Lockable, Room, Target, World
 
 _ABBREV = {"n": "north", "s": "south", "e": "east", "w": "west"}
 _ARTICLES = {"the", "a", "an", "some"}
 Place = tuple[str, str]  # ("room", r) | ("in", container) | ("on", target) | ("inv", "")
 _INV: Place = ("inv", "")
+VERBS = ("look", "go", "take", "drop", "open", "unlock", "put", "examine", "inventory")
+_HELP = (
+    "Try: look, inventory, go <direction>, take <item>, drop <item>, open <thing>, "
+    "unlock <thing> with <key>, put <item> on <thing>, examine <thing>."
+)
 
 
 def normalize(text: str) -> str:
@@ -30,6 +36,7 @@ def normalize(text: str) -> str:
 
 
 def article(name: str) -> str:
+    """``a candle`` / ``an apple``."""
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
@@ -88,7 +95,7 @@ class TreasureGame(GameSession):
         """Play a typed command such as ``"take brass key"`` or ``"put chalice on altar"``."""
         text = normalize(command)
         verb, _, rest = text.partition(" ")
-        if text in ("look", "l"):
+        if text in ("look", "l", "look around"):
             return self.look()
         if text in ("inventory", "i", "inv"):
             return self.inventory()
@@ -103,20 +110,25 @@ class TreasureGame(GameSession):
             return self.drop(rest)
         if verb == "open":
             return self.open(rest)
-        if verb == "unlock" and " with " in rest:
-            target, _, key = rest.partition(" with ")
+        if verb == "unlock":
+            target, with_, key = rest.partition(" with ")
+            if not with_:
+                return "Unlock it with what? Say: unlock <thing> with <key>."
             return self.unlock(target, key)
         if verb in ("put", "place", "insert"):
             match = re.fullmatch(r"(.+?) (?:on|in|into|onto|inside) (.+)", rest)
             if match:
                 return self.put(match[1], match[2])
+            return "Put it where? Say: put <item> on <thing> (or in <thing>)."
         if verb in ("examine", "x") or text.startswith("look at "):
             return self.examine(text.removeprefix("look at ") if verb == "look" else rest)
-        return (
-            f"I don't understand {quote(command)}. Try: look, inventory, go <direction>, "
-            "take <item>, drop <item>, open <thing>, unlock <thing> with <key>, "
-            "put <item> on <thing>, examine <thing>."
-        )
+        return f"I don't understand {quote(command)}. {_HELP}"
+
+    def act(self, verb: str, args: dict[str, Any]) -> str:
+        """Play one move tool by calling the verb's method with the tool's arguments."""
+        if verb not in VERBS:
+            return f"I don't know how to {quote(verb)}. {_HELP}"
+        return getattr(self, verb)(**args)
 
     def available_actions(self) -> list[str]:
         if self.over:
@@ -156,8 +168,10 @@ class TreasureGame(GameSession):
         ex = next((e for e in self._room.exits if e.direction == d), None)
         if ex is None:
             return f"You can't go {d} from here. Exits here: {exits}."
+        if ex.door and ex.door in self.locked:
+            return f"The {ex.door} is locked. Unlock it with its key, then open it."
         if ex.door and ex.door not in self.opened:
-            return f"The {ex.door} is closed."
+            return f"The {ex.door} is closed. Open it first."
         self.room = ex.to
         return self._describe_room()
 
@@ -166,7 +180,10 @@ class TreasureGame(GameSession):
         if self.over:
             return self.over_message()
         self.moves += 1
-        scope = self._loose_here() + self._on_targets_here() + self._carried() + self._fixed()
+        scope = (
+            self._loose_here() + self._on_targets_here() + self._carried() + self._openable_names()
+        )
+        scope += [t.name for t in self._targets_here()]
         name, problem = self._resolve(item, scope)
         if name is None:
             return problem
@@ -287,7 +304,7 @@ class TreasureGame(GameSession):
 
     # -- helpers -----------------------------------------------------------------------------
     @property
-    def _room(self):
+    def _room(self) -> Room:
         return self.world.rooms[self.room]
 
     def _prep(self, target: str) -> str:
@@ -305,7 +322,7 @@ class TreasureGame(GameSession):
     def _containers_here(self) -> list[str]:
         return [c.name for c in self.world.containers.values() if c.rooms[0] == self.room]
 
-    def _targets_here(self):
+    def _targets_here(self) -> list[Target]:
         return [t for t in self.world.targets.values() if t.room == self.room]
 
     def _fixed(self) -> list[str]:

@@ -10,9 +10,11 @@ lock it opens (see :func:`_place_keys`). The moving half (what a command does) i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from timely.rng import make_rng
 
 DIRECTIONS: dict[str, tuple[int, int]] = {
     "north": (0, 1),
@@ -160,7 +162,6 @@ class World:
     items: dict[str, Item]
     goals: tuple[Goal, ...]
     difficulty: int = 1
-    meta: dict[str, int] = field(default_factory=dict)
 
     @property
     def max_points(self) -> int:
@@ -186,14 +187,23 @@ class Level:
     containers: int
     locked_containers: int
     junk: int
-    max_moves: int
 
 
 MAX_DIFFICULTY = 8
 
 
 def level(difficulty: int) -> Level:
-    """World size and quest length of a difficulty (1 = one treasure in four rooms)."""
+    """World size and quest length of a difficulty (1 = one treasure in four rooms).
+
+    Args:
+        difficulty: 1..MAX_DIFFICULTY; each level adds two rooms, a treasure, a locked door,
+            a container and a junk item, and every second level a locked container.
+
+    Raises:
+        ValueError: the difficulty is out of range.
+    """
+    if not 1 <= difficulty <= MAX_DIFFICULTY:
+        raise ValueError(f"treasure difficulty must be 1..{MAX_DIFFICULTY}, got {difficulty}")
     d = difficulty
     return Level(
         rooms=2 + 2 * d,
@@ -203,8 +213,6 @@ def level(difficulty: int) -> Level:
         containers=d + 1,
         locked_containers=d // 2,
         junk=d + 2,
-        # Levels 1-2 stay playable within the loop's default 20 turns; above, ~12 moves a goal.
-        max_moves={1: 12, 2: 18}.get(d, 12 * d),
     )
 
 
@@ -257,6 +265,16 @@ def generate(rng: np.random.Generator, difficulty: int) -> World:
         goals=goals,
         difficulty=difficulty,
     )
+
+
+def world_for(seed: int, difficulty: int) -> World:
+    """The world a game seed stands for: what the task and the tool server both build.
+
+    Args:
+        seed: the world seed (tasks derive it from their id, split and episode seed).
+        difficulty: 1..MAX_DIFFICULTY.
+    """
+    return generate(make_rng("games/treasure-world", int(seed)), int(difficulty))
 
 
 def _pick(rng: np.random.Generator, pool: tuple, n: int) -> list:
