@@ -156,27 +156,36 @@ def _budget_labels(suite: Suite, task: TaskEntry, policy: PolicyEntry) -> list[t
 def plan_calibration(suite: Suite) -> list[EpisodeItem]:
     """The unconstrained episodes that relative budgets need (one per policy x item x latency)."""
     fp = fingerprint(suite)
-    items: list[EpisodeItem] = []
-    for policy, ti, task, seed, latency in _cells(suite):
-        if not any(label.startswith("x") for label, _ in _budget_labels(suite, task, policy)):
-            continue
-        key = episode_key(
+    return [
+        _calibration_item(suite, fp, policy, ti, task, seed, latency)
+        for policy, ti, task, seed, latency in _cells(suite)
+        if any(label.startswith("x") for label, _ in _budget_labels(suite, task, policy))
+    ]
+
+
+def _calibration_item(
+    suite: Suite,
+    fp: str,
+    policy: PolicyEntry,
+    task_index: int,
+    task: TaskEntry,
+    seed: int,
+    latency: str,
+) -> EpisodeItem:
+    """The calibration episode of one (policy, task, seed, latency) cell."""
+    return EpisodeItem(
+        key=episode_key(
             fp, "calibration", task, seed, suite.split, policy, latency, CALIBRATION_LABEL
-        )
-        items.append(
-            EpisodeItem(
-                key=key,
-                phase="calibration",
-                policy=policy.name,
-                task_index=ti,
-                task_id=task.id,
-                seed=seed,
-                latency=latency,
-                budget=CALIBRATION_LABEL,
-                budget_s=suite.calibration.budget_s,
-            )
-        )
-    return items
+        ),
+        phase="calibration",
+        policy=policy.name,
+        task_index=task_index,
+        task_id=task.id,
+        seed=seed,
+        latency=latency,
+        budget=CALIBRATION_LABEL,
+        budget_s=suite.calibration.budget_s,
+    )
 
 
 BudgetResolver = Callable[[EpisodeItem, float], float | None]
@@ -208,20 +217,7 @@ def plan_eval(
             if label == "default":
                 seconds: float | None = default_budget(task, seed)
             elif label.startswith("x"):
-                calib_key = episode_key(
-                    fp, "calibration", task, seed, suite.split, policy, latency, CALIBRATION_LABEL
-                )
-                calib = EpisodeItem(
-                    key=calib_key,
-                    phase="calibration",
-                    policy=policy.name,
-                    task_index=ti,
-                    task_id=task.id,
-                    seed=seed,
-                    latency=latency,
-                    budget=CALIBRATION_LABEL,
-                    budget_s=suite.calibration.budget_s,
-                )
+                calib = _calibration_item(suite, fp, policy, ti, task, seed, latency)
                 seconds = relative_budget(calib, value) if relative_budget else None
                 if seconds is None:
                     problems.append(
