@@ -41,7 +41,9 @@ def run(
         str | None,
         typer.Option(help="scripted:oracle | hf:smollm2-135m | hf:/dir | openai:MODEL."),
     ] = None,
-    budget: Annotated[float | None, typer.Option(help="Time budget in seconds.")] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="Time budget in seconds (default: the task's own).")
+    ] = None,
     latency: Annotated[
         str | None, typer.Option(help="Tool latency, e.g. constant:1.0, lognormal:1.0,0.6.")
     ] = None,
@@ -89,8 +91,9 @@ def run(
     )
     cfg = load_config(RunConfig, config, [*flags, *(overrides or [])])
     console.print(
-        f"[bold]timely run[/] {cfg.task} · {cfg.policy} · budget {cfg.budget.seconds:g}s"
-        f" · latency {cfg.latency} · {cfg.clock} clock → {cfg.out}"
+        f"[bold]timely run[/] {cfg.task} · {cfg.policy} · budget "
+        + (f"{cfg.budget.seconds:g}s" if cfg.budget.seconds else "the task's default")
+        + f" · latency {cfg.latency} · {cfg.clock} clock → {cfg.out}"
     )
     show = (lambda t: print_trace(t, console)) if not quiet else None
     if cfg.policy.startswith("hf:"):

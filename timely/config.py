@@ -22,6 +22,20 @@ from timely.loop import EpisodeOptions
 M = TypeVar("M", bound=BaseModel)
 
 
+class RunBudget(Budget):
+    """A run's budget setting: a :class:`Budget` whose seconds may be left to the task."""
+
+    seconds: float | None = Field(  # type: ignore[assignment]
+        None, gt=0, description="Time budget T in seconds; None: each task's default budget."
+    )
+
+    def for_task(self, default_s: float) -> Budget:
+        """The episode budget: these settings, with the task's default when seconds is unset."""
+        fields = self.model_dump()
+        fields["seconds"] = self.seconds if self.seconds is not None else default_s
+        return Budget(**fields)
+
+
 class RunConfig(BaseModel):
     """``timely run``: play episodes of one task with one policy and record them."""
 
@@ -47,8 +61,9 @@ class RunConfig(BaseModel):
     clock: Literal["virtual", "wall"] = Field(
         "virtual", description="virtual: simulated, deterministic; wall: real time."
     )
-    budget: Budget = Field(
-        default_factory=lambda: Budget(seconds=30.0), description="Time budget per episode."
+    budget: RunBudget = Field(
+        default_factory=lambda: RunBudget(),
+        description="Time budget per episode (seconds unset: the task's default budget).",
     )
     latency: str = Field("constant:1.0", description="Tool latency model spec.")
     tool_latency: dict[str, str] = Field(

@@ -87,7 +87,7 @@ async def run(
                     task,
                     tools,
                     make_clock(config.clock),
-                    config.budget,
+                    config.budget.for_task(task.spec.default_budget_s),
                     options=config.episode,
                     config_hash=chash,
                     latency=config.latency,

@@ -45,3 +45,12 @@ def test_free_form_policy_options_and_hash():
     c = load_config(RunConfig, None, [])
     assert config_hash(b, exclude={"out"}) == config_hash(c, exclude={"out"})
     assert config_hash(a) != config_hash(c)
+
+
+def test_run_budget_defaults_to_the_tasks_own():
+    cfg = load_config(RunConfig, None, ["budget.overrun=late"])
+    assert cfg.budget.seconds is None
+    budget = cfg.budget.for_task(42.0)
+    assert budget.seconds == 42.0 and budget.overrun == "late"
+    cfg = load_config(RunConfig, None, ["budget=12"])
+    assert cfg.budget.for_task(42.0).seconds == 12.0
