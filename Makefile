@@ -40,7 +40,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check timely
+	$(VENV)/bin/ruff format --check timely timely_eval server tools tests bench
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
