@@ -71,3 +71,31 @@ async def test_an_unreachable_server_is_a_policy_error():
     with pytest.raises(PolicyError, match="cannot reach the model server"):
         await policy.generate(ask(), [], deadline=Deadline(at=clock.now() + 5, clock=clock))
     await policy.aclose()
+
+
+async def test_an_eval_suite_plays_an_openai_compatible_policy(stub, tmp_path):
+    from timely_eval.runner import run_suite
+    from timely_eval.suite import Suite, select
+
+    app, base_url = stub
+    suite = Suite.model_validate(
+        {
+            "name": "openai-row",
+            "tasks": ["math/arithmetic-v1", "games/treasure-v1"],
+            "policies": ["scripted:oracle"],
+            "episodes": 1,
+            "latencies": ["constant:0.5"],
+            "budgets": {"seconds": [30]},
+        }
+    )
+    suite = select(
+        suite,
+        policies=["suite", "openai:tool-then-answer"],
+        policy_options={"base_url": base_url, "max_tokens": 32},
+    )
+    report = await run_suite(suite, tmp_path / "run")
+    assert report.failed == 0 and report.counts["eval"].done == 4
+    rows = {(c["policy"], c["task"]): c for c in report.results["cells"]}
+    openai_row = rows[("openai:tool-then-answer", "math/arithmetic-v1")]
+    assert openai_row["tool_calls"] == 1.0 and openai_row["compliance"] == 1.0
+    assert {r["model"] for r in app.state.requests} == {"tool-then-answer"}
