@@ -60,6 +60,13 @@ class ServerConfig(BaseModel):
     hang_timeout_s: float = Field(
         60.0, gt=0, description="How long an injected hang lasts when the call has no deadline."
     )
+    virtual_work_cap_s: float = Field(
+        120.0,
+        gt=0,
+        description="Virtual-clock calls: real seconds a tool's own work may take. Virtual "
+        "deadlines do not cut real work (replays must not depend on machine load); this cap "
+        "stops a runaway handler.",
+    )
 
     # -- sessions ------------------------------------------------------------------------------
     session_ttl_s: float = Field(

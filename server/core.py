@@ -303,6 +303,11 @@ class ToolServer:
             result, error, timed_out, service = None, _err("tool_error", message), False, 0.0
         else:
             work_left = None if deadline_s is None else deadline_s - latency
+            if virtual:
+                # Virtual time does not pass while a tool works, and its real work is not
+                # charged: cutting it at the virtual deadline would make a replay depend on
+                # how loaded the machine is. A real-time cap still stops a runaway handler.
+                work_left = self.config.virtual_work_cap_s
             ctx = ToolContext(
                 tool=name,
                 session_id=session.id if session else None,
@@ -316,10 +321,12 @@ class ToolServer:
             )
         if timed_out:
             why = "the tool's own work did not finish in time"
+            if virtual:
+                why += f" (the {self.config.virtual_work_cap_s:g} s cap on real work)"
             return await self._expired(
                 name, t0, deadline_s or 0.0, service, why, virtual, tag, wait
             )
-        if deadline_s is not None and service + latency > deadline_s:
+        if not virtual and deadline_s is not None and service + latency > deadline_s:
             why = (
                 f"service {service:.3f} s + latency {latency:.3f} s exceeds the "
                 f"{deadline_s:.3f} s left"

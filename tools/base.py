@@ -32,6 +32,8 @@ class ToolContext:
             when the session ends or expires.
         deadline_s: real seconds the handler's own work may take before the caller's deadline
             (what the caller has left minus the injected latency), or None without a deadline.
+            On a virtual clock it is the server's cap on real work instead
+            (``ServerConfig.virtual_work_cap_s``): virtual deadlines never cut real work.
             The server cancels the handler then anyway; long-running tools (the code sandbox)
             use it to stop their work in time and still answer.
     """

@@ -14,6 +14,7 @@ only these games then fail, with a message that says what to install.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,10 @@ _SEED_STRIDE = 7919  # the next seed tried after a failed generation
 # about 2 ms, so serialising them costs little.
 _TW_LOCK = threading.RLock()
 _ART_CHARS = set("_|\\/$<>-")
+# Loaded environments kept for reuse (see _EnvPool): enough for a suite's concurrent episodes of
+# one game, and a bound on the interpreters (a libfrotz copy each) left idle in the process.
+_POOL_PER_GAME = 8
+_POOL_TOTAL = 32
 
 
 def require_textworld() -> Any:
@@ -129,6 +135,7 @@ def generate_game(options: TextWorldOptions, cache_dir: str | Path | None = None
     return _load(target)
 
 
+@functools.cache  # reading package metadata takes a third of a millisecond, twice an episode
 def _textworld_version() -> str:
     try:
         from importlib.metadata import version
@@ -199,6 +206,81 @@ def clean_feedback(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+class _EnvPool:
+    """Idle TextWorld environments by game file, so a new game is a ``reset()``, not a load.
+
+    Loading a game (``textworld.start``: the game's JSON, a private copy of libfrotz, the story)
+    costs about 6 ms, more than half of starting one. ``reset()`` restarts the Z-machine from
+    the story and rebuilds TextWorld's state tracking from the loaded game, which gives the same
+    game as a fresh load, observation for observation (tests/unit/tasks/test_games.py checks
+    it). Environments are never shared: a game takes one out of the pool or loads a new one, and
+    puts it back when it closes.
+
+    The pool has its own lock, not ``_TW_LOCK``: a session's games close on the server's event
+    loop, which should not wait for other sessions' moves to put an environment back. Only the
+    environments it evicts are closed, and that under ``_TW_LOCK`` (:meth:`give` returns them).
+    """
+
+    def __init__(self, per_game: int, total: int) -> None:
+        self.per_game, self.total = per_game, total
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[str, list[Any]] = OrderedDict()  # key -> envs, least recent first
+        self._size = 0
+
+    def take(self, key: str) -> Any | None:
+        """An idle environment of that game (to be reset before use), or None."""
+        with self._lock:
+            envs = self._idle.get(key)
+            if not envs:
+                return None
+            self._size -= 1
+            env = envs.pop()
+            if not envs:
+                del self._idle[key]
+            return env
+
+    def give(self, key: str, env: Any) -> list[Any]:
+        """Keep ``env`` for the next game of ``key``; returns the environments to close."""
+        with self._lock:
+            envs = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            if len(envs) >= self.per_game:
+                return [env]
+            envs.append(env)
+            self._size += 1
+            evicted = []
+            while self._size > self.total:  # the least recently used game's oldest first
+                oldest = next(iter(self._idle))
+                evicted.append(self._idle[oldest].pop(0))
+                self._size -= 1
+                if not self._idle[oldest]:
+                    del self._idle[oldest]
+            return evicted
+
+    def clear(self) -> None:
+        """Close every idle environment (tests; a process may also just exit)."""
+        with self._lock:
+            idle = [env for envs in self._idle.values() for env in envs]
+            self._idle.clear()
+            self._size = 0
+        with _TW_LOCK:
+            for env in idle:
+                env.close()
+
+
+_POOL = _EnvPool(_POOL_PER_GAME, _POOL_TOTAL)
+
+
+def _pool_key(path: str | Path) -> str:
+    """The pool's key for a game file: its path, and its identity on disk, so that a file
+    replaced under the same name (a cleared and refilled cache) never meets an old game."""
+    try:
+        st = os.stat(path)
+    except OSError:  # no pooled game has this key; textworld.start says what is wrong
+        return os.path.abspath(path)
+    return f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 class TextWorldGame(GameSession):
     """A TextWorld game being played (an interpreter in this process).
 
@@ -219,14 +301,17 @@ class TextWorldGame(GameSession):
         infos = tw.EnvInfos(
             admissible_commands=True, max_score=True, score=True, won=True, lost=True
         )
+        self._key = _pool_key(path)
         with _TW_LOCK, warnings.catch_warnings():  # Jericho: "a TextWorld story has no bindings"
             warnings.simplefilter("ignore")
-            self._env = tw.start(str(path), request_infos=infos)
+            self._env: Any = _POOL.take(self._key)
+            if self._env is None:
+                self._env = tw.start(str(path), request_infos=infos)
             self._state = self._env.reset()
         self.intro = clean_feedback(self._state.feedback)
         self._score = 0
         self._max = int(self._state["max_score"])
-        self._won = self._lost = self._ended = False
+        self._won = self._lost = self._ended = self._closed = False
 
     @property
     def score(self) -> int:
@@ -273,6 +358,17 @@ class TextWorldGame(GameSession):
         self._ended = True
 
     def close(self) -> None:
-        with _TW_LOCK:
-            self._ended = True
-            self._env.close()
+        """End the game and give its environment back to the pool (the next game resets it).
+
+        Without ``_TW_LOCK``: once ``_ended`` is set no method of this game touches the
+        environment again, and a move still running (it holds the lock) finishes before the
+        environment's next game can reset it (which takes the lock).
+        """
+        if self._closed:
+            return
+        self._closed = self._ended = True
+        evicted = _POOL.give(self._key, self._env)
+        if evicted:
+            with _TW_LOCK:
+                for env in evicted:
+                    env.close()

@@ -11,12 +11,16 @@ predictions (:mod:`tools.ml.data`) that the task scores.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.util
 import os
 import posixpath
 import stat
+import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -28,7 +32,7 @@ from server.registry import tool
 from timely.clock import wall_seconds
 from timely.rng import make_rng
 from tools.base import ToolContext, ToolInputError
-from tools.ml import recipe
+from tools.ml import blas, recipe
 from tools.ml.data import (
     CLASSIFICATION_METRICS,
     METRICS,
@@ -46,6 +50,10 @@ SUBMISSION_FILE = "submission.csv"
 MAX_UPLOAD_CHARS = 32 << 20
 MAX_MODELS = 100
 _SHOWN_FEATURES = 30
+# Parsed uploads kept for the next session that uploads the same files (see _load_public);
+# larger uploads are parsed per session, so the cache stays small.
+_PARSED_MAX = 32
+_PARSED_MAX_CHARS = 4 << 20
 _VALIDATORS = {
     name: Draft202012Validator(
         {"type": "object", "properties": spec["params"], "additionalProperties": False}
@@ -67,8 +75,41 @@ def _round(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+_parsed: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
+_parsed_lock = threading.Lock()
+
+
+def _load_public(train: str, test: str, id_column: str, label: str) -> dict[str, Any]:
+    """``recipe.load`` of an upload, cached: parsing is a pure function of the texts, and a
+    suite uploads each instance's files once per episode. The arrays are read-only and the
+    lists copied by :class:`MLSession`, so no session can change what another one reads.
+
+    Raises:
+        ValueError: the files cannot be read (never cached).
+    """
+    key = (train, test, id_column, label)
+    with _parsed_lock:
+        data = _parsed.get(key)
+        if data is not None:
+            _parsed.move_to_end(key)
+            return data
+    data = recipe.load(train, test, id_column, [label])
+    data["x_train"].setflags(write=False)
+    data["x_test"].setflags(write=False)
+    if len(train) + len(test) <= _PARSED_MAX_CHARS:
+        with _parsed_lock:
+            _parsed[key] = data
+            while len(_parsed) > _PARSED_MAX:
+                _parsed.popitem(last=False)
+    return data
+
+
 class MLSession:
-    """One episode's data, trained models and submissions. Closed with the session."""
+    """One episode's data, trained models and submissions. Closed with the session.
+
+    Its models fit and predict only while it is open, and it holds BLAS to one thread for as
+    long (:mod:`tools.ml.blas`).
+    """
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any], workspace: Workspace) -> None:
         self.workspace = workspace
@@ -79,11 +120,13 @@ class MLSession:
         self.metric: str = cfg["metric"]
         self.format: str = cfg.get("format", "label")
         self.fp: str = cfg["fingerprint"]
-        self.features: list[str] = data["features"]
-        self.x = data["x_train"]
+        self.features: list[str] = list(data["features"])
+        self.x = data["x_train"]  # read-only: shared with other sessions of the same data
         self.y = [row[0] for row in data["y_train"]]
         self.x_test = data["x_test"]
-        self.test_ids: list[str] = data["test_ids"]
+        self.test_ids: list[str] = list(data["test_ids"])
+        # describe_data's statistics, by task kind: pure in the data, so kept with it
+        self.summaries: dict[str, Any] = data.setdefault("summaries", {})
         self.labels = sorted(set(self.y)) if self.kind == "classification" else []
         if self.format == "one_hot":
             self.labels = list(self.targets)
@@ -95,9 +138,14 @@ class MLSession:
         self.models: dict[str, dict[str, Any]] = {}
         self.submissions = 0
         self._seen_file: str | None = None
+        blas.hold()
+        self._holds_blas = True
 
     def close(self) -> None:
         self.workspace.close()
+        if self._holds_blas:
+            self._holds_blas = False
+            blas.release()
 
     def cols(self, features: list[str] | None) -> list[int]:
         if not features:
@@ -211,19 +259,20 @@ async def ml_setup(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any
         raise ToolInputError(f"limits: {exc}") from None
     limits = limits.model_copy(update={"deny_read": (*limits.deny_read, *bundled_datasets())})
     label = cfg.get("label_column") or cfg["targets"][0]
-    await anyio.to_thread.run_sync(recipe.warm_up)
+
+    def load() -> dict[str, Any]:  # one trip to a worker thread for both
+        recipe.warm_up()
+        return _load_public(files[cfg["train"]], files[cfg["test"]], cfg["id_column"], label)
+
     try:
-        data = await anyio.to_thread.run_sync(
-            recipe.load, files[cfg["train"]], files[cfg["test"]], cfg["id_column"], [label]
-        )
+        data = await anyio.to_thread.run_sync(load)
     except ValueError as exc:
         raise ToolInputError(f"cannot read the data: {exc}") from None
     ws = session_workspace(ctx)
     assert ws is not None
-    for name, text in files.items():
-        path = ws.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    # In a worker thread: each file system call would hand the GIL to the threads fitting
+    # other episodes' models and wait to get it back, stalling every session on the loop.
+    await anyio.to_thread.run_sync(_write_files, ws.path, files)
     ml = ctx.state[ML_KEY] = MLSession(cfg, data, ws)
     ctx.state[LIMITS_KEY] = limits
     ws.observers.append(ml.check_file)
@@ -234,6 +283,13 @@ async def ml_setup(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any
         "test_rows": len(ml.test_ids),
         "features": len(ml.features),
     }
+
+
+def _write_files(root: Path, files: dict[str, str]) -> None:
+    for folder in sorted({posixpath.dirname(name) for name in files} - {""}):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -254,17 +310,10 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 async def describe_data(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """A compact summary of the loaded data (no test labels exist on the server)."""
     ml = _session(ctx)
-    features = [{"name": name, **_stats(ml.x[:, j])} for j, name in enumerate(ml.features)]
+    features, target = _summary(ml)
     shown: dict[str, Any] = {"features": features[:_SHOWN_FEATURES]}
     if len(features) > _SHOWN_FEATURES:
         shown["more_features"] = len(features) - _SHOWN_FEATURES
-    if ml.kind == "classification":
-        labels, counts = np.unique(np.array(ml.y), return_counts=True)
-        target: dict[str, Any] = {
-            "counts": dict(zip(labels.tolist(), counts.tolist(), strict=True))
-        }
-    else:
-        target = _stats(np.array(ml.y, dtype=float))
     estimators = {
         name: sorted(spec["params"])
         for name, spec in recipe.ESTIMATORS.items()
@@ -282,6 +331,23 @@ async def describe_data(arguments: dict[str, Any], ctx: ToolContext) -> dict[str
         "note": "train_model fits on the train rows minus the validation rows and scores on "
         "the validation rows; submit_model refits on all train rows and predicts the test rows.",
     }
+
+
+def _summary(ml: MLSession) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-feature statistics and the target's summary (copies of the ones kept with the data:
+    every session of an upload, and every describe_data call, sees the same numbers)."""
+    if ml.kind not in ml.summaries:
+        features = [{"name": name, **_stats(ml.x[:, j])} for j, name in enumerate(ml.features)]
+        if ml.kind == "classification":
+            labels, counts = np.unique(np.array(ml.y), return_counts=True)
+            target: dict[str, Any] = {
+                "counts": dict(zip(labels.tolist(), counts.tolist(), strict=True))
+            }
+        else:
+            target = _stats(np.array(ml.y, dtype=float))
+        ml.summaries[ml.kind] = (features, target)
+    features, target = ml.summaries[ml.kind]
+    return [dict(f) for f in features], copy.deepcopy(target)
 
 
 _ESTIMATOR_NAMES = sorted(recipe.ESTIMATORS)

@@ -153,21 +153,39 @@ async def test_deadline_in_wall_mode_waits_only_until_the_deadline():
     assert 0.1 <= elapsed < 0.5
 
 
-async def test_slow_handler_is_cut_off_at_the_deadline():
+def _sleeper(seconds: float) -> ToolRegistry:
     registry = ToolRegistry()
 
     @registry.register("slow", description="Sleeps.", parameters={"type": "object"})
     async def slow(arguments, ctx):
-        await WallClock().sleep(5)
+        await WallClock().sleep(seconds)
+        return "done"
 
+    return registry
+
+
+async def test_slow_handler_is_cut_off_at_the_deadline():
     wall = WallClock()
-    async with client_for(create_app(ServerConfig(), registry)) as client:
+    async with client_for(create_app(ServerConfig(), _sleeper(5))) as client:
         t0 = wall.now()
-        response = await call(client, "slow", {}, headers={**VIRTUAL, "X-Timely-Deadline-S": "0.2"})
+        response = await call(client, "slow", {}, headers={"X-Timely-Deadline-S": "0.2"})
         elapsed = wall.now() - t0
     assert_error(response, 504, "deadline_exceeded", "own work")
     assert elapsed < 1.0
     assert response.json()["service_s"] >= 0.2
+
+
+async def test_virtual_deadlines_never_cut_real_work_but_a_cap_does():
+    # Real work is not charged on a virtual clock, so a virtual deadline must not decide
+    # whether it finishes (replays would depend on machine load).
+    async with client_for(create_app(ServerConfig(), _sleeper(0.3))) as client:
+        headers = {**VIRTUAL, "X-Timely-Deadline-S": "0.1"}
+        response = await call(client, "slow", {}, headers=headers)
+    assert response.status_code == 200 and response.json()["result"] == "done"
+    capped = ServerConfig(virtual_work_cap_s=0.1)
+    async with client_for(create_app(capped, _sleeper(5))) as client:
+        response = await call(client, "slow", {}, headers=VIRTUAL)
+    assert_error(response, 504, "deadline_exceeded", "cap on real work")
 
 
 @pytest.mark.parametrize("value", ["soon", "nan", "inf", ""])

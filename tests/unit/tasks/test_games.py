@@ -214,6 +214,42 @@ def test_textworld_game_behaviour(tw_cache, tmp_path):
         game.close()
 
 
+def test_textworld_reused_environment_plays_like_a_fresh_one(tw_cache):
+    """A closed game's environment is reset for the next game of that file: same observations."""
+    from tools.games.textworld_game import _POOL, TextWorldGame, TextWorldOptions, generate_game
+
+    task = make_task("games/textworld-v1", seed=0, difficulty=1)
+    options = TextWorldOptions(
+        **{k: task.new_game[k] for k in ("seed", "world_size", "nb_objects", "quest_length")}
+    )
+    files = generate_game(options)
+    commands = ["xyzzy", "look", *files.walkthrough, "look", "inventory"]
+
+    def transcript(game, commands):
+        seen = [(game.intro, game.available_actions())]
+        for command in commands:
+            seen.append((game.step(command), game.score, game.won, game.available_actions()))
+        return seen
+
+    _POOL.clear()
+    try:
+        fresh = TextWorldGame(files.path, code="TW1")
+        expected = transcript(fresh, commands)
+        env = fresh._env
+        fresh.close()
+        fresh.close()  # closing twice gives nothing back twice
+        half = TextWorldGame(files.path, code="TW1")  # left mid-game, not won
+        assert half._env is env
+        transcript(half, [files.walkthrough[0], "inventory"])
+        half.close()
+        assert half.over and half.available_actions() == []
+        again = TextWorldGame(files.path, code="TW1")
+        assert again._env is env and transcript(again, commands) == expected
+        again.close()
+    finally:
+        _POOL.clear()
+
+
 def test_textworld_without_the_package_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "textworld", None)
     with pytest.raises(TaskError, match=r"pip install 'timely-machine\[games\]'"):

@@ -1,5 +1,6 @@
 """The ML family: deterministic instances, disjoint data, honest scoring, oracle and tools agree."""
 
+import contextlib
 import csv
 import io
 import json
@@ -237,3 +238,59 @@ def test_bad_options_fail_with_a_clear_message():
         make_task("ml/diabetes-v1", seed=0, difficulty=4)
     with pytest.raises(TaskError, match="split"):
         make_task("ml/diabetes-v1", seed=0, split="dev")
+
+
+async def test_sessions_of_one_upload_share_its_parsed_data_read_only():
+    """ml_setup parses an upload once (tools.ml.tools._load_public); sessions cannot alter it."""
+    from tools.ml import blas
+    from tools.ml.tools import ML_KEY
+
+    task = make_task("ml/diabetes-v1", seed=2)
+    assert make_task("ml/diabetes-v1", seed=2).data is task.data  # built once per instance
+    app = create_app(ServerConfig())
+    sessions = app.state.tool_server.sessions
+    holders = blas._holders
+    async with ToolClient.in_process(app) as client:
+        described = []
+        for sid in ("share-a", "share-b"):
+            await task.setup(client, sid)
+            described.append(json.loads((await call(client, "describe_data", {}, sid)).content))
+        a, b = (sessions.get(sid).state[ML_KEY] for sid in ("share-a", "share-b"))
+        assert a.x is b.x and not a.x.flags.writeable and a.test_ids is not b.test_ids
+        with pytest.raises(ValueError, match="read-only"):
+            a.x[0, 0] = 1.0
+        assert described[0] == described[1]
+        described[0]["features"][0]["mean"] = "changed"  # a caller's copy, not the cache
+        again = json.loads((await call(client, "describe_data", {}, "share-b")).content)
+        assert again == described[1]
+        assert blas._holders == holders + 2  # each open ML session holds BLAS to one thread
+        for sid in ("share-a", "share-b"):
+            await task.teardown(client, sid)
+        assert blas._holders == holders
+
+
+def test_one_blas_thread_changes_no_prediction_and_is_restored():
+    """tools.ml.blas: the fits' single-threaded BLAS gives the bits the default count gives."""
+    from threadpoolctl import threadpool_info
+
+    from tools.ml import blas, recipe
+
+    def counts():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = counts()
+    for task_id in ("ml/breast-cancer-v1", "ml/diabetes-v1"):
+        d = make_task(task_id, seed=1, difficulty=3).data
+        public = recipe.load(d.train_csv, d.test_csv, d.id_column, [d.label_column])
+        y = [row[0] for row in public["y_train"]]
+        for name, spec in recipe.ESTIMATORS.items():
+            if d.kind not in spec["kinds"]:
+                continue
+            runs = []
+            for limited in (False, True):
+                with blas.one_thread() if limited else contextlib.nullcontext():
+                    assert not limited or set(counts()) == {1}
+                    model = recipe.fit(name, d.kind, {}, public["x_train"], y)
+                    runs.append(recipe.predict(model, d.kind, public["x_test"]))
+            assert runs[0] == runs[1], (task_id, name)
+    assert counts() == before

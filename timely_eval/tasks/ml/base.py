@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from timely.errors import TaskError, ToolError
 from timely.task import ScriptedSolution, Task, TaskSpec
 from timely.types import ToolCall
-from tools.ml import recipe
+from tools.ml import blas, recipe
 from tools.ml.data import (
     METRICS,
     decode_receipt,
@@ -91,9 +91,16 @@ class Dataset:
     prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    # Cached on the instance (a frozen dataclass keeps them in its __dict__): a Dataset is
+    # immutable, and its builders reuse one per instance across episodes.
+    @functools.cached_property
     def fp(self) -> str:
         return fingerprint(self.test_csv)
+
+    @functools.cached_property
+    def sample_csv(self) -> str:
+        """A valid sample submission (every id, one constant prediction)."""
+        return _sample(self)
 
 
 @dataclass(frozen=True)
@@ -123,10 +130,10 @@ def calibrate(data: Dataset) -> Calibration:
         raise TaskError(f"{data.name}: {len(public['test_ids'])} test rows but {n} labels")
 
     def receipt(spec: tuple[str, dict[str, Any]]) -> str:
-        model = recipe.fit(spec[0], data.kind, spec[1], public["x_train"], y)
-        return encode_receipt(
-            data.fp, data.kind, recipe.predict(model, data.kind, public["x_test"])
-        )
+        with blas.one_thread():  # as the tool server and the sandbox fit (tools.ml.blas)
+            model = recipe.fit(spec[0], data.kind, spec[1], public["x_train"], y)
+            preds = recipe.predict(model, data.kind, public["x_test"])
+        return encode_receipt(data.fp, data.kind, preds)
 
     if data.kind == "classification":
         counts = Counter(y)
@@ -254,7 +261,7 @@ class MLTask(Task):
         return {
             TRAIN: d.train_csv,
             TEST: d.test_csv,
-            SAMPLE: _sample(d),
+            SAMPLE: d.sample_csv,
             DESCRIPTION: d.description,
         }
 
@@ -360,7 +367,7 @@ class MLTask(Task):
         for spec in [s for s in (d.quick, d.reference) if s is not None]:
             k = len(calls)
             model_id = f"m{len(calls) // 2 + 1}"
-            args = {"estimator": spec[0], "params": spec[1]}
+            args = {"estimator": spec[0], "params": dict(spec[1])}  # Datasets are shared
             calls.append(ToolCall(id=f"c{k + 1}", name="train_model", arguments=args))
             calls.append(
                 ToolCall(id=f"c{k + 2}", name="submit_model", arguments={"model_id": model_id})
@@ -414,7 +421,6 @@ def _recipe_code() -> str:
 
 
 def _sample(d: Dataset) -> str:
-    """A valid sample submission (every id, one constant prediction)."""
     public_ids = [row[0] for row in _rows(d.test_csv, d.id_column)]
     if d.kind == "regression":
         value: Any = 0.0

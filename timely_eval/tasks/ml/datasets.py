@@ -113,6 +113,10 @@ def _csv(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(",".join(r) for r in [header, *rows]) + "\n"
 
 
+# An instance's data is a pure function of its arguments, and a suite plays each instance in
+# many episodes (policies x latencies x budgets): built once, its CSVs, fingerprint and sample
+# submission are shared (Dataset is frozen). Bounded: a Dataset holds its CSV text.
+@functools.lru_cache(maxsize=128)
 def build(name: str, seed: int, split: Split, difficulty: int) -> Dataset:
     """The episode's data: its pool half, its own test rows, the level's degradations."""
     src, level = SOURCES[name], LEVELS[difficulty]
