@@ -145,7 +145,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def parse_json(raw: bytes, model: type[M], expected: str, *, empty_ok: bool = False) -> M:
     """Decode a body into ``model`` (400 for bad JSON, 422 naming the failing fields)."""
-    if empty_ok and not raw.strip():
+    if empty_ok and not raw:  # no body at all; whitespace alone is not JSON (400 below)
         return model()
     try:
         data = json.loads(raw)

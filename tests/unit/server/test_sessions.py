@@ -215,6 +215,7 @@ async def test_session_routes():
     "body, status, kind",
     [
         (b"{", 400, "invalid_json"),
+        (b"\n", 400, "invalid_json"),  # whitespace is not "no body" (schemathesis found it)
         (b'{"ttl_s": -1}', 422, "invalid_request"),
         (b'{"ttl_s": "soon"}', 422, "invalid_request"),
         (b'{"session_id": ""}', 422, "invalid_request"),
