@@ -157,3 +157,59 @@ class GameSession(ABC):
     def end_message(self) -> str:
         """What ``end_game`` answers."""
         return f"You ended the game with {self.score} of {self.max_score} points. {GAME_OVER_HINT}"
+
+
+class InterpreterGame(GameSession):
+    """A game run by an interpreter (TextWorld, Jericho): the state and turn logic they share.
+
+    Subclasses set ``_lock`` (moves are serialised through it), fill ``_max`` and the intro in
+    ``__init__``, and implement ``_move(text)``: play one cleaned command on the interpreter,
+    update ``_score``, ``_won`` and ``_lost``, and return its output.
+
+    Attributes:
+        lost_message: said after the output of the move that lost the game.
+    """
+
+    blocking = True
+    lost_message = "The game has ended."
+    _lock: Any
+    _score = 0
+    _max = 0
+    _won = _lost = _ended = False
+
+    @property
+    def score(self) -> int:
+        return max(0, self._score)
+
+    @property
+    def max_score(self) -> int:
+        return self._max
+
+    @property
+    def won(self) -> bool:
+        return self._won
+
+    @property
+    def over(self) -> bool:
+        return self._won or self._lost or self._ended
+
+    @abstractmethod
+    def _move(self, text: str) -> str:
+        """Play one cleaned, non-empty command; update the score and the won/lost flags."""
+
+    def step(self, command: str) -> str:
+        with self._lock:
+            if self.over:
+                return self.over_message()
+            text = clean_command(command)
+            if not text:
+                return "Say what to do, e.g. 'look', 'inventory' or 'go north'."
+            out = self._move(text)
+            if self._won:
+                return f"{out.strip()}\n{win_message(self.code)}"
+            if self._lost:
+                return f"{out.strip()}\n{self.lost_message} {GAME_OVER_HINT}"
+            return out
+
+    def end(self) -> None:
+        self._ended = True

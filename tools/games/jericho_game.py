@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.games.common import GAME_OVER_HINT, GameSession, clean_command, win_message
+from tools.games.common import InterpreterGame
 
 INSTALL_HINT = (
     "Jericho games need the `jericho` package (pip install jericho; it builds a C interpreter, "
@@ -88,7 +88,7 @@ def rom_info(path: str | Path) -> RomInfo:
         env.close()
 
 
-class JerichoGame(GameSession):
+class JerichoGame(InterpreterGame):
     """A Jericho-supported game being played.
 
     Args:
@@ -101,7 +101,6 @@ class JerichoGame(GameSession):
     """
 
     kind = "jericho"
-    blocking = True
 
     def __init__(self, path: str | Path, code: str | None = None) -> None:
         self.code = code
@@ -112,38 +111,12 @@ class JerichoGame(GameSession):
         self._max = int(self._env.get_max_score())
         self._won = self._lost = self._ended = False
 
-    @property
-    def score(self) -> int:
-        return max(0, self._score)
-
-    @property
-    def max_score(self) -> int:
-        return self._max
-
-    @property
-    def won(self) -> bool:
-        return self._won
-
-    @property
-    def over(self) -> bool:
-        return self._won or self._lost or self._ended
-
-    def step(self, command: str) -> str:
-        with self._lock:
-            if self.over:
-                return self.over_message()
-            text = clean_command(command)
-            if not text:
-                return "Say what to do, e.g. 'look', 'inventory' or 'go north'."
-            obs, _, done, info = self._env.step(text)
-            self._score = int(info.get("score", self._score))
-            self._won = bool(self._env.victory())
-            self._lost = bool(done and not self._won) or bool(self._env.game_over())
-            if self._won:
-                return f"{obs.strip()}\n{win_message(self.code)}"
-            if self._lost:
-                return f"{obs.strip()}\nThe game has ended. {GAME_OVER_HINT}"
-            return obs
+    def _move(self, text: str) -> str:
+        obs, _, done, info = self._env.step(text)
+        self._score = int(info.get("score", self._score))
+        self._won = bool(self._env.victory())
+        self._lost = bool(done and not self._won) or bool(self._env.game_over())
+        return obs
 
     def available_actions(self) -> list[str]:
         with self._lock:
@@ -153,9 +126,6 @@ class JerichoGame(GameSession):
                 return sorted(self._env.get_valid_actions(use_parallel=False))
             except Exception:  # noqa: BLE001 - the analysis is best effort; moves still work
                 return []
-
-    def end(self) -> None:
-        self._ended = True
 
     def close(self) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.games.common import GAME_OVER_HINT, GameSession, clean_command, win_message
+from tools.games.common import InterpreterGame
 
 INSTALL_HINT = (
     "TextWorld games need the optional TextWorld package: pip install 'timely-machine[games]'"
@@ -281,7 +281,7 @@ def _pool_key(path: str | Path) -> str:
     return f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-class TextWorldGame(GameSession):
+class TextWorldGame(InterpreterGame):
     """A TextWorld game being played (an interpreter in this process).
 
     Args:
@@ -293,7 +293,8 @@ class TextWorldGame(GameSession):
     """
 
     kind = "textworld"
-    blocking = True
+    lost_message = "You have lost."
+    _lock = _TW_LOCK  # TextWorld is not thread-safe: one lock for every game in the process
 
     def __init__(self, path: str | Path, code: str | None = None) -> None:
         tw = require_textworld()
@@ -313,49 +314,19 @@ class TextWorldGame(GameSession):
         self._max = int(self._state["max_score"])
         self._won = self._lost = self._ended = self._closed = False
 
-    @property
-    def score(self) -> int:
-        return self._score
-
-    @property
-    def max_score(self) -> int:
-        return self._max
-
-    @property
-    def won(self) -> bool:
-        return self._won
-
-    @property
-    def over(self) -> bool:
-        return self._won or self._lost or self._ended
-
-    def step(self, command: str) -> str:
-        with _TW_LOCK:
-            if self.over:
-                return self.over_message()
-            text = clean_command(command)
-            if not text:
-                return "Say what to do, e.g. 'look', 'inventory' or 'go north'."
-            state, score, done = self._env.step(text)
-            self._state = state
-            self._score = int(score)
-            self._won, self._lost = bool(state["won"]), bool(state["lost"])
-            out = clean_feedback(state.feedback)
-            if self._won:
-                return f"{out}\n{win_message(self.code)}"
-            if self._lost or done:
-                self._lost = True
-                return f"{out}\nYou have lost. {GAME_OVER_HINT}"
-            return out
+    def _move(self, text: str) -> str:
+        state, score, done = self._env.step(text)
+        self._state = state
+        self._score = int(score)
+        self._won = bool(state["won"])
+        self._lost = bool(state["lost"]) or (done and not self._won)
+        return clean_feedback(state.feedback)
 
     def available_actions(self) -> list[str]:
         with _TW_LOCK:
             if self.over:
                 return []
             return sorted(self._state["admissible_commands"] or [])
-
-    def end(self) -> None:
-        self._ended = True
 
     def close(self) -> None:
         """End the game and give its environment back to the pool (the next game resets it).
