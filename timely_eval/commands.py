@@ -23,6 +23,13 @@ from rich.table import Table
 
 from timely.errors import ConfigError
 from timely.types import Trajectory
+from timely_eval.leaderboard import (
+    Run,
+    load_run,
+    overview_columns,
+    report_from_runs,
+    write_leaderboard,
+)
 from timely_eval.runner import RunReport, run_suite
 from timely_eval.suite import load_suite, select
 
@@ -80,15 +87,13 @@ class RichProgress:
 _NARROW_COLUMNS = ("Policy", "Score [95% CI]", "On time", "Mean s", "n")
 
 
-def summary_tables(run_dir: Path, width: int = 200) -> list[Table]:
+def summary_tables(run_dir: Path | Run, width: int = 200) -> list[Table]:
     """Rich tables of a run: one overview per task family.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory, or the run already loaded.
         width: terminal columns; below ~150 only the score, latency and compliance columns stay.
     """
-    from timely_eval.leaderboard import overview_columns, report_from_runs
-
     report = report_from_runs([run_dir])
     tables = []
     for fam in report["families"]:
@@ -152,12 +157,11 @@ def eval_command(
         console.print("loading the local model (the first load takes ~15 s)…")
     with RichProgress(console) as progress:
         report = asyncio.run(run_suite(loaded, run_dir, resume=resume, progress=progress))
-    for table in summary_tables(run_dir, console.width):
+    run = load_run(run_dir)  # read once for the tables and the plots
+    for table in summary_tables(run, console.width):
         console.print(table)
     if plots and report.results.get("episodes"):
-        from timely_eval.leaderboard import write_leaderboard
-
-        write_leaderboard([run_dir], run_dir / "plots")
+        write_leaderboard([run], run_dir / "plots")
     for problem in report.problems[:10]:
         console.print(f"[yellow]not planned:[/] {problem}")
     if report.failed:
@@ -174,8 +178,6 @@ def eval_command(
 
 def leaderboard_command(console: Console, runs: list[Path], out: Path) -> dict[str, Path]:
     """Write the leaderboard of ``runs`` into ``out`` and say where it is."""
-    from timely_eval.leaderboard import write_leaderboard
-
     if not runs:
         raise ConfigError("give at least one run directory: timely leaderboard runs/A runs/B")
     files = write_leaderboard(runs, out)
