@@ -117,8 +117,10 @@ class ScriptedPolicy:
         self._solution: ScriptedSolution | None = task.solution() if task is not None else None
         self._started_at: float | None = None
         self._wasted = 0  # tool calls re-issued by a slip; they do not advance the solution
-        self._rng = (
-            make_rng("scripted-slip", task.id, task.spec.split, task.spec.seed) if task else None
+        self._rng = (  # only slipping policies draw; binding happens once per episode
+            make_rng("scripted-slip", task.id, task.spec.split, task.spec.seed)
+            if task is not None and self.slip
+            else None
         )
 
     def bind(self, task: Task) -> ScriptedPolicy:
@@ -159,7 +161,7 @@ class ScriptedPolicy:
             text = _fallback(solution, step)
         else:
             call = solution.calls[step]
-            if step > 0 and self.slip and self._rng is not None and self._rng.random() < self.slip:
+            if step > 0 and self._rng is not None and self._rng.random() < self.slip:
                 # A wasted turn, as a weaker model would take: a call that changes nothing.
                 wasted = solution.idle_call or solution.calls[step - 1]
                 call = wasted.model_copy(update={"id": f"{call.id}-retry"})
