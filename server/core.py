@@ -302,12 +302,13 @@ class ToolServer:
             message = f"tool {name!r} failed: injected fault (a simulated tool failure)"
             result, error, timed_out, service = None, _err("tool_error", message), False, 0.0
         else:
-            work_left = None if deadline_s is None else deadline_s - latency
+            # Virtual time does not pass while a tool works, and its real work is not charged:
+            # cutting it at the virtual deadline would make a replay depend on how loaded the
+            # machine is, so a real-time cap stops a runaway handler instead.
             if virtual:
-                # Virtual time does not pass while a tool works, and its real work is not
-                # charged: cutting it at the virtual deadline would make a replay depend on
-                # how loaded the machine is. A real-time cap still stops a runaway handler.
-                work_left = self.config.virtual_work_cap_s
+                work_left: float | None = self.config.virtual_work_cap_s
+            else:
+                work_left = None if deadline_s is None else deadline_s - latency
             ctx = ToolContext(
                 tool=name,
                 session_id=session.id if session else None,
