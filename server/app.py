@@ -31,6 +31,7 @@ from starlette.routing import Route
 from server.admin import install_admin_routes
 from server.config import ServerConfig
 from server.core import ToolServer
+from server.drain import DrainUnreadBodyMiddleware
 from server.errors import install_error_handlers
 from server.mcp import McpFacade
 from server.registry import ToolRegistry
@@ -111,6 +112,8 @@ def create_app(config: ServerConfig, registry: ToolRegistry | None = None) -> Fa
         if config.admin_token is not None:
             tokens.append(config.admin_token.get_secret_value())
         app.add_middleware(BearerAuthMiddleware, tokens=tokens)
+    # Outside auth, so a 401 to an unauthenticated upload is read by the client too.
+    app.add_middleware(DrainUnreadBodyMiddleware, max_bytes=config.drain_body_bytes)
     if config.access_log:
         app.add_middleware(AccessLogMiddleware)  # outermost: it sees 401s too
     return app

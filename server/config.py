@@ -84,6 +84,13 @@ class ServerConfig(BaseModel):
 
     # -- limits and security -------------------------------------------------------------------
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
+    drain_body_bytes: int = Field(
+        32 << 20,
+        ge=0,
+        description="Unread request bytes read and discarded before an early answer (a 413, "
+        "401 or 404 sent before the body arrived), so the client reads the answer instead of a "
+        "connection reset; larger bodies are answered at once with Connection: close.",
+    )
     max_concurrency: int = Field(
         4096, gt=0, description="Tool calls in flight at most; beyond it calls answer 429."
     )

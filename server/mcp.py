@@ -31,11 +31,12 @@ from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from server.core import CallOutcome, ToolServer
 from server.errors import ApiError, error_response
-from server.routes import LOG_SCOPE_KEY, parse_clock_headers
+from server.routes import LOG_SCOPE_KEY, body_too_large, parse_clock_headers
 
 META_CLOCK = "timely/clock"
 META_DEADLINE = "timely/deadline_s"
@@ -117,6 +118,13 @@ class McpFacade:
                 "(`timely tool-server`), or enter its lifespan in tests",
             )
             await response(scope, receive, send)
+            return
+        # A declared size is refused in the server's own error format; the SDK answers chunked
+        # bodies that outgrow max_request_body_size with its plain-text 413.
+        limit = self.tools.config.max_body_bytes
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            await body_too_large(limit).response()(scope, receive, send)
             return
         await manager.handle_request(scope, receive, send)
 

@@ -120,7 +120,8 @@ def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]
     }
 
 
-def _too_large(limit: int) -> ApiError:
+def body_too_large(limit: int) -> ApiError:
+    """The 413 every route (and ``/mcp``, for a declared size) answers past ``limit``."""
     return ApiError(
         413, "body_too_large", f"request body exceeds {limit} bytes; send smaller arguments"
     )
@@ -133,12 +134,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         if not length.isdigit():
             raise ApiError(400, "invalid_header", f"bad Content-Length {length!r}")
         if int(length) > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:  # chunked bodies, or a Content-Length that lied
-            raise _too_large(limit)
+            raise body_too_large(limit)
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
