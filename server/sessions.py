@@ -12,6 +12,10 @@ the session was deleted, was created explicitly, or held state. An implicit sess
 state just lapses, and a later call with its id starts afresh. At ``max_live_sessions`` the
 least recently used idle implicit sessions without state make room first; only then do new
 sessions answer 429.
+
+A session id ``KEY#TAG`` draws its latency and faults from ``KEY`` alone: the agent loop names
+each episode ``ep-KEY#NONCE``, a deterministic key and a random nonce, so identical concurrent
+episodes never share state while replays still see the same latencies.
 """
 
 from __future__ import annotations
@@ -63,15 +67,20 @@ class Session:
     _fault_rng: np.random.Generator | None = None
 
     @property
+    def stream_key(self) -> str:
+        """What the session's random streams derive from: the id up to a ``#``."""
+        return self.id.partition("#")[0]
+
+    @property
     def latency_rng(self) -> np.random.Generator:
         if self._latency_rng is None:
-            self._latency_rng = make_rng(self.seed, "latency", self.id)
+            self._latency_rng = make_rng(self.seed, "latency", self.stream_key)
         return self._latency_rng
 
     @property
     def fault_rng(self) -> np.random.Generator:
         if self._fault_rng is None:
-            self._fault_rng = make_rng(self.seed, "faults", self.id)
+            self._fault_rng = make_rng(self.seed, "faults", self.stream_key)
         return self._fault_rng
 
     def expires_in(self, now: float) -> float:

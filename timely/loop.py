@@ -10,7 +10,8 @@ Failures (policy crash, dead tool server) end the episode with a recorded reason
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import secrets
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -24,14 +25,28 @@ from timely.budget import (
 )
 from timely.clock import Clock, SpeedProfile, speed_profile
 from timely.errors import TaskError, ToolServerUnavailable
+from timely.events import (
+    EpisodeEnded,
+    EpisodeStarted,
+    EventSink,
+    GenerationFinished,
+    GenerationStarted,
+    Observer,
+    TimeStatusShown,
+    ToolCallSent,
+    ToolResultReceived,
+)
 from timely.policies.base import Deadline, Policy, bind_policy
+from timely.prompting import (
+    TEMPLATE_TOKENS_PER_MESSAGE,
+    estimate_messages_tokens,
+    estimate_tools_tokens,
+)
 from timely.reward import RewardConfig, compute_reward
 from timely.rng import derive_seed
 from timely.task import Task
 from timely.toolclient import ToolBackend
 from timely.types import Completion, EndReason, Message, Step, ToolCall, ToolResult, Trajectory
-
-CHARS_PER_TOKEN = 4  # prompt-size estimate used only to cap generation before tokenising
 
 
 class EpisodeOptions(BaseModel):
@@ -77,6 +92,8 @@ async def run_episode(
     *,
     options: EpisodeOptions | None = None,
     session_id: str | None = None,
+    sample: int = 0,
+    observer: Observer | None = None,
     config_hash: str = "",
     latency: str = "",
 ) -> Trajectory:
@@ -89,16 +106,18 @@ async def run_episode(
         clock: the episode clock; all time is charged here.
         budget: the time budget and overrun policy.
         options: max turns, time awareness, reward variant, virtual speed profile.
-        session_id: tool-server session key; derived deterministically when omitted.
+        session_id: tool-server session id; it must be unique among live episodes. By default
+            a fresh one is made per call (see :func:`episode_session_id`), so concurrent
+            identical episodes (a GRPO group) never share tool state.
+        sample: which sample of this (task, seed, policy) this is (a GRPO group member, an
+            eval epoch); it picks the session's latency and fault streams and is recorded.
+        observer: receives :mod:`timely.events` step events as they happen (may be async).
         config_hash: recorded in the trajectory (resume keys, provenance).
         latency: the latency spec, recorded in the trajectory.
     """
     opts = options or EpisodeOptions()
-    ep = _Episode(bind_policy(policy, task), task, tools, clock, budget, opts)
-    session = (
-        session_id
-        or f"ep-{derive_seed(task.id, task.spec.split, task.spec.seed, ep.policy.name):x}"
-    )
+    ep = _Episode(bind_policy(policy, task), task, tools, clock, budget, opts, observer)
+    session = session_id or episode_session_id(task, ep.policy.name, sample)
     end, error, answer = EndReason.MAX_TURNS, None, None
     messages: list[Message] = []
     try:
@@ -112,7 +131,7 @@ async def run_episode(
                 end = EndReason.BUDGET_EXHAUSTED
                 break
             completion = await ep.generate(messages, turn)
-            if completion is None:
+            if completion is None:  # cut at the deadline: never the answer
                 end = EndReason.BUDGET_EXHAUSTED
                 break
             step = ep.steps[-1]
@@ -130,7 +149,7 @@ async def run_episode(
                 if ep.out_of_time():
                     break  # a call that cannot finish before the budget is not made
                 result = await ep.call_tool(call, session, step)
-                messages.append(ep.observation(call, result))
+                messages.append(await ep.observation(call, result))
             if completion.malformed:
                 messages.append(
                     Message(role="user", content=_malformed_message(completion.malformed))
@@ -143,9 +162,28 @@ async def run_episode(
     except Exception as exc:  # a failed episode is data, not a crash
         end, error = EndReason.POLICY_ERROR, f"{type(exc).__name__}: {exc}"
     finally:
+        # Elapsed time is fixed when the episode ends; closing the game is not agent time.
+        ep.end_at = clock.now()
         with contextlib.suppress(ToolServerUnavailable):
             await task.teardown(tools, session)
-    return ep.finish(messages, end, answer, error, config_hash=config_hash, latency=latency)
+    traj = ep.finish(messages, end, answer, error, sample=sample)
+    traj.config_hash, traj.latency = config_hash, latency
+    await ep.emit_end(traj)
+    return traj
+
+
+def episode_session_id(task: Task, policy_name: str, sample: int = 0) -> str:
+    """A fresh tool-server session id for one episode: ``ep-KEY#NONCE``.
+
+    ``KEY`` is deterministic in (task, split, seed, policy, sample) and the server derives the
+    session's latency and fault streams from it alone, so virtual-clock replays stay
+    byte-identical; ``NONCE`` is random, so no two episodes ever share a session (its state,
+    its game), even identical ones running at the same time or in two processes.
+    """
+    # Sample 0 keeps the key earlier releases used, so their latency draws (and results) hold.
+    parts = (task.id, task.spec.split, task.spec.seed, policy_name)
+    key = derive_seed(*parts) if sample == 0 else derive_seed(*parts, sample)
+    return f"ep-{key:x}#{secrets.token_hex(6)}"
 
 
 class _Episode:
@@ -159,6 +197,7 @@ class _Episode:
         clock: Clock,
         budget: Budget,
         opts: EpisodeOptions,
+        observer: Observer | None,
     ) -> None:
         self.policy, self.task, self.tools, self.clock = policy, task, tools, clock
         self.budget, self.opts = budget, opts
@@ -167,8 +206,12 @@ class _Episode:
         self.push = opts.time.pushes(self.spec.time_status)
         self.pull = opts.time.pulls(self.spec.time_status)
         self.start_at = clock.now()
+        self.end_at: float | None = None
         self.steps: list[Step] = []
         self.tool_schemas: list[dict[str, Any]] = []
+        self.events = EventSink(observer) if observer is not None else None
+        self._tools_tokens: int | None = None  # estimated tokens of the tools section
+        self._message_tokens, self._counted = 0, 0  # estimated tokens of messages[:counted]
 
     # -- time --------------------------------------------------------------------------------
     @property
@@ -182,6 +225,9 @@ class _Episode:
     def status(self) -> TimeStatus:
         return TimeStatus.of(self.clock, self.start_at, self.budget)
 
+    def at(self) -> float:
+        return self.clock.now() - self.start_at
+
     # -- setup -------------------------------------------------------------------------------
     async def start(self) -> list[Message]:
         self.tool_schemas = await self._tool_schemas()
@@ -192,6 +238,19 @@ class _Episode:
         if self.opts.time.show_budget:
             prompt = f"{prompt}\n\n{self.opts.time.budget_line(self.budget.seconds)}"
         messages.append(Message(role="user", content=prompt))
+        if self.events:
+            await self.events.emit(
+                EpisodeStarted(
+                    at=0.0,
+                    turn=-1,
+                    task_id=self.spec.id,
+                    seed=self.spec.seed,
+                    policy=self.policy.name,
+                    clock=self.clock.kind,
+                    budget_s=self.budget.seconds,
+                    tools=[t["function"]["name"] for t in self.tool_schemas],
+                )
+            )
         return messages
 
     async def _tool_schemas(self) -> list[dict[str, Any]]:
@@ -224,46 +283,76 @@ class _Episode:
 
     # -- model turn --------------------------------------------------------------------------
     async def generate(self, messages: list[Message], turn: int) -> Completion | None:
-        """One model call under the deadline; returns None when the budget ran out during it."""
+        """One model call under the deadline; None when the deadline cut it (never an answer)."""
         before = self.clock.now()
-        deadline = Deadline(
-            at=self.stop_at, clock=self.clock, max_new_tokens=self._token_cap(messages)
-        )
+        cap = self._token_cap(messages)
+        deadline = Deadline(at=self.stop_at, clock=self.clock, max_new_tokens=cap)
+        if self.events:
+            await self.events.emit(
+                GenerationStarted(at=before - self.start_at, turn=turn, max_new_tokens=cap)
+            )
         try:
             async with self.clock.cutoff(self.stop_at):
                 completion = await self.policy.generate(
                     messages, self.tool_schemas, deadline=deadline
                 )
         except TimeoutError:
-            self._record_step(turn, before, Completion(finish_reason="deadline"))
-            return None
-        if self.clock.kind == "virtual":
+            completion = Completion(finish_reason="deadline")
+        else:
+            completion = self._charge(completion, before)
+        completion = _with_unique_call_ids(completion, turn)
+        self._record_step(turn, before, completion)
+        if self.events:
+            await self.events.emit(
+                GenerationFinished(
+                    at=self.at(),
+                    turn=turn,
+                    gen_s=self.steps[-1].gen_s,
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                    finish_reason=completion.finish_reason,
+                    text=completion.text,
+                    tool_calls=completion.tool_calls,
+                )
+            )
+        # A generation the deadline stopped is truncated: neither its text nor its calls count.
+        return None if completion.finish_reason == "deadline" else completion
+
+    def _charge(self, completion: Completion, before: float) -> Completion:
+        """Charge a returned call's time; mark it cut when it did not end before the deadline."""
+        if self.clock.kind == "wall":
+            self.clock.charge(self.clock.now() - before, "generation")
+            late = self.clock.now() > self.stop_at
+        else:
             cost = self.speed.generation_seconds(
                 completion.prompt_tokens, completion.completion_tokens
             )
-            if before + cost > self.stop_at:  # the call would have been cut at the deadline
-                self.clock.charge(max(0.0, self.stop_at - before), "generation")
-                cut = completion.model_copy(update={"finish_reason": "deadline"})
-                self._record_step(turn, before, cut)
-                return None
-            self.clock.charge(cost, "generation")
-        else:
-            self.clock.charge(self.clock.now() - before, "generation")
-        completion = _with_unique_call_ids(completion, turn)
-        self._record_step(turn, before, completion)
-        if completion.finish_reason == "deadline" and not (
-            completion.text or completion.tool_calls
-        ):
-            return None
+            late = before + cost > self.stop_at  # the call would have been cut at the deadline
+            self.clock.charge(max(0.0, self.stop_at - before) if late else cost, "generation")
+        if late:
+            return completion.model_copy(update={"finish_reason": "deadline"})
         return completion
 
     def _token_cap(self, messages: list[Message]) -> int | None:
+        """Virtual clock: the most new tokens that still fit in the budget after the prompt.
+
+        The prompt is counted as the model will see it (chat template, tool schemas, time
+        status): with the policy's own tokenizer where it has one, else estimated from the
+        rendered text.
+        """
         if self.clock.kind != "virtual":
             return None
-        prompt_chars = sum(len(m.content) for m in messages)
-        return self.speed.max_tokens_within(
-            self.stop_at - self.clock.now(), prompt_chars // CHARS_PER_TOKEN
-        )
+        count = getattr(self.policy, "count_prompt_tokens", None)
+        if callable(count):
+            prompt_tokens = int(count(messages, self.tool_schemas))
+        else:
+            # The conversation only grows, so only the new messages are estimated each turn.
+            if self._tools_tokens is None:
+                self._tools_tokens = estimate_tools_tokens(self.tool_schemas)
+            self._message_tokens += estimate_messages_tokens(messages[self._counted :], 0)
+            self._counted = len(messages)
+            prompt_tokens = self._tools_tokens + self._message_tokens + TEMPLATE_TOKENS_PER_MESSAGE
+        return self.speed.max_tokens_within(self.stop_at - self.clock.now(), prompt_tokens)
 
     def _record_step(self, turn: int, before: float, c: Completion) -> None:
         now = self.clock.now()
@@ -283,12 +372,17 @@ class _Episode:
                 token_ids=c.token_ids,
                 prompt_token_ids=c.prompt_token_ids,
                 logprobs=c.logprobs,
+                usage_estimated=c.usage_estimated,
             )
         )
 
     # -- tools -------------------------------------------------------------------------------
     async def call_tool(self, call: ToolCall, session: str, step: Step) -> ToolResult:
         before = self.clock.now()
+        if self.events:
+            await self.events.emit(
+                ToolCallSent(at=before - self.start_at, turn=step.index, call=call)
+            )
         offered = {t["function"]["name"] for t in self.tool_schemas}
         if call.name not in offered:
             step.unknown_tool_calls += 1
@@ -300,9 +394,9 @@ class _Episode:
                 f"{call.name!r}. Available tools: {sorted(offered)}.",
             )
         elif call.name == GET_DURATION_TOOL:
-            result = ToolResult(
-                call_id=call.id, name=call.name, content=self.opts.time.status_line(self.status())
-            )
+            line = self.opts.time.status_line(self.status())
+            result = ToolResult(call_id=call.id, name=call.name, content=line)
+            await self._status_shown("pull", step.index, line)
         else:
             deadline = Deadline(at=self.stop_at, clock=self.clock)
             assert self.tools is not None  # offered tools imply a backend
@@ -326,14 +420,35 @@ class _Episode:
             if result.error:
                 step.tool_errors += 1
         step.tool_results.append(result)
-        step.tool_s += self.clock.now() - before
+        cost = self.clock.now() - before
+        step.tool_s += cost
+        if self.events:
+            await self.events.emit(
+                ToolResultReceived(at=self.at(), turn=step.index, result=result, tool_s=cost)
+            )
         return result
 
-    def observation(self, call: ToolCall, result: ToolResult) -> Message:
+    async def observation(self, call: ToolCall, result: ToolResult) -> Message:
         content = result.content
         if self.push and call.name != GET_DURATION_TOOL:
-            content = f"{content}\n{self.opts.time.status_line(self.status())}"
+            line = self.opts.time.status_line(self.status())
+            content = f"{content}\n{line}"
+            await self._status_shown("push", len(self.steps) - 1, line)
         return Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
+
+    async def _status_shown(self, via: Literal["push", "pull"], turn: int, line: str) -> None:
+        if self.events:
+            status = self.status()
+            await self.events.emit(
+                TimeStatusShown(
+                    at=status.elapsed,
+                    turn=turn,
+                    via=via,
+                    elapsed_s=status.elapsed,
+                    remaining_s=status.remaining,
+                    text=line,
+                )
+            )
 
     # -- end ---------------------------------------------------------------------------------
     def finish(
@@ -343,12 +458,15 @@ class _Episode:
         answer: str | None,
         error: str | None,
         *,
-        config_hash: str,
-        latency: str,
+        sample: int,
     ) -> Trajectory:
-        elapsed = self.clock.now() - self.start_at
+        end_at = self.clock.now() if self.end_at is None else self.end_at
+        elapsed = end_at - self.start_at
+        on_time = self.budget.on_time(elapsed)
+        if end == EndReason.ANSWERED and not on_time and self.budget.overrun == "hard":
+            # Under a hard budget an answer after the budget is a cut-off, whatever the clock.
+            end, answer = EndReason.BUDGET_EXHAUSTED, None
         answered = end == EndReason.ANSWERED
-        on_time = answered and self.budget.on_time(elapsed)
         traj = Trajectory(
             task_id=self.spec.id,
             seed=self.spec.seed,
@@ -357,15 +475,16 @@ class _Episode:
             clock=self.clock.kind,
             budget_s=self.budget.seconds,
             overrun=self.budget.overrun,
+            sample=sample,
+            tools=self.tool_schemas,
+            target=_target(self.task),
             messages=messages,
             steps=self.steps,
             final_answer=answer,
             elapsed_s=elapsed,
-            compliant=on_time,
+            compliant=answered and on_time,
             end_reason=end,
             error=error,
-            config_hash=config_hash,
-            latency=latency,
             gen_s=sum(s.gen_s for s in self.steps),
             tool_s=sum(s.tool_s for s in self.steps),
         )
@@ -376,12 +495,28 @@ class _Episode:
             traj.score,
             elapsed_s=elapsed,
             budget_s=self.budget.seconds,
-            on_time=on_time,
+            on_time=traj.compliant,
             answered=answered,
             formatted=bool(traj.metadata.get("formatted", False)),
             config=self.opts.reward,
         )
         return traj
+
+    async def emit_end(self, traj: Trajectory) -> None:
+        if self.events:
+            await self.events.emit(
+                EpisodeEnded(
+                    at=traj.elapsed_s,
+                    turn=len(self.steps) - 1,
+                    end_reason=traj.end_reason,
+                    answer=traj.final_answer,
+                    elapsed_s=traj.elapsed_s,
+                    compliant=traj.compliant,
+                    score=traj.score,
+                    reward=traj.reward,
+                    cut_off=traj.end_reason == EndReason.BUDGET_EXHAUSTED,
+                )
+            )
 
 
 # A tool client answers a passed deadline itself (504 at the deadline); the loop's own cutoff is
@@ -391,6 +526,8 @@ _CUTOFF_GRACE_S = 0.5
 
 def _with_unique_call_ids(completion: Completion, turn: int) -> Completion:
     """Backends may reuse ids like 'call_0' every turn; make them unique within the episode."""
+    if not completion.tool_calls:
+        return completion
     calls = [
         c.model_copy(update={"id": f"t{turn}_{c.id or i}"})
         for i, c in enumerate(completion.tool_calls)
@@ -405,3 +542,8 @@ def _malformed_message(errors: list[str]) -> str:
         'Call a tool as <tool_call>{"name": "...", "arguments": {...}}</tool_call>, '
         "or reply without a tool call to give your final answer."
     )
+
+
+def _target(task: Task) -> str | None:
+    target = getattr(task, "target", None)  # TODO(lead): drop once Task.target lands
+    return target() if callable(target) else None

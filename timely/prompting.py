@@ -237,3 +237,39 @@ def _as_function_tool(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") == "function" and "function" in tool:
         return tool
     return {"type": "function", "function": tool}
+
+
+# -- token estimates, for backends without a local tokenizer --------------------------------------
+CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text and code with BPE tokenizers
+TEMPLATE_TOKENS_PER_MESSAGE = 5  # ChatML-style headers: <|im_start|>role\n ... <|im_end|>\n
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count of ``text`` (characters / 4, rounded up)."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def estimate_tools_tokens(tools: Sequence[dict[str, Any]]) -> int:
+    """Estimated tokens of the system-prompt section that lists ``tools`` (0 without tools)."""
+    return estimate_tokens(tools_system_section(tools)) if tools else 0
+
+
+def estimate_messages_tokens(
+    messages: Sequence[Message | dict[str, Any]],
+    generation_prompt: int = TEMPLATE_TOKENS_PER_MESSAGE,
+) -> int:
+    """Estimated tokens of the rendered conversation: contents, calls and template headers,
+    plus ``generation_prompt`` tokens for the assistant header generation starts from."""
+    total = generation_prompt
+    for m in messages:
+        msg = m if isinstance(m, Message) else as_message(m)
+        text = assistant_text(msg.content, msg.tool_calls) if msg.tool_calls else msg.content
+        total += TEMPLATE_TOKENS_PER_MESSAGE + estimate_tokens(text)
+    return total
+
+
+def estimate_prompt_tokens(
+    messages: Sequence[Message | dict[str, Any]], tools: Sequence[dict[str, Any]] = ()
+) -> int:
+    """Estimated prompt tokens of ``messages`` and ``tools`` as a chat template renders them."""
+    return estimate_tools_tokens(tools) + estimate_messages_tokens(messages)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tools offered, target, sample, usage_estimated, work_s
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -95,6 +95,11 @@ class Completion(_Record):
     )
     prompt_token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    usage_estimated: bool = Field(
+        False,
+        description="The backend reported no token usage, so the counts are estimated from the "
+        "text (generation is never free).",
+    )
 
 
 class EndReason(StrEnum):
@@ -125,9 +130,16 @@ class Step(_Record):
     unknown_tool_calls: int = 0
     tool_errors: int = 0
     finish_reason: str = "stop"
-    token_ids: list[int] | None = None
-    prompt_token_ids: list[int] | None = None
-    logprobs: list[float] | None = None
+    token_ids: list[int] | None = Field(None, description="Sampled token ids (local backends).")
+    prompt_token_ids: list[int] | None = Field(
+        None, description="The exact prompt token ids the model saw (local backends)."
+    )
+    logprobs: list[float] | None = Field(
+        None, description="Log-probabilities of token_ids under the sampling distribution."
+    )
+    usage_estimated: bool = Field(
+        False, description="Token counts estimated from text: the backend reported no usage."
+    )
 
 
 class Trajectory(_Record):
@@ -141,6 +153,15 @@ class Trajectory(_Record):
     clock: Literal["wall", "virtual"]
     budget_s: float
     overrun: Literal["hard", "late"] = "hard"
+    sample: int = Field(
+        0, description="Which sample of this (task, seed, policy) it is: a GRPO group member."
+    )
+    tools: list[dict[str, Any]] = Field(
+        default_factory=list, description="The OpenAI tools array offered to the model."
+    )
+    target: str | None = Field(
+        None, description="The gold answer (or 'sha256:...' where it must stay private)."
+    )
     messages: list[Message]
     steps: list[Step] = Field(default_factory=list)
     final_answer: str | None = None

@@ -10,6 +10,7 @@ The behaviour is chosen by the requested model name, so one server covers every 
 * ``length``: ``finish_reason="length"``.
 * ``slow``: waits ``STUB_SLOW_S`` seconds, then answers.
 * ``error``: HTTP 500 with an OpenAI-style error body.
+* ``no-usage``: a plain answer and no ``usage`` object (some proxies omit it).
 
 Every request body is recorded in ``app.state.requests``.
 """
@@ -78,6 +79,8 @@ def create_stub_app() -> FastAPI:
                 }
             ]
             finish = "tool_calls"
+        elif model == "no-usage":
+            message["content"] = "The answer is 42, computed with care."
         elif model == "length":
             message["content"] = "It all started"
             finish = "length"
@@ -88,17 +91,18 @@ def create_stub_app() -> FastAPI:
             )
         prompt_tokens = len(json.dumps(body["messages"])) // 4
         completion_tokens = 1 + len(json.dumps(message)) // 4
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         return {
             "id": f"chatcmpl-{len(app.state.requests)}",
             "object": "chat.completion",
             "created": 0,
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            **({} if model == "no-usage" else {"usage": usage}),
         }
 
     return app

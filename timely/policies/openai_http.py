@@ -27,7 +27,13 @@ from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.parsing import decode_arguments, parse_tool_calls
 from timely.policies.base import VIRTUAL_MIN_TIMEOUT_S, Deadline, check_options, register_backend
-from timely.prompting import as_message, to_hermes_messages
+from timely.prompting import (
+    as_message,
+    assistant_text,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    to_hermes_messages,
+)
 from timely.types import Completion, Message, ToolCall
 
 HttpToolFormat = Literal["native", "hermes-in-system"]
@@ -146,7 +152,12 @@ class OpenAIPolicy:
             ) from e
         gen_seconds = wall_seconds() - started
         capped_by_budget = deadline.max_new_tokens is not None and limit == deadline.max_new_tokens
-        return _completion(response, len(messages), gen_seconds, capped_by_budget)
+        completion = _completion(response, len(messages), gen_seconds, capped_by_budget)
+        if completion.usage_estimated and not completion.prompt_tokens:
+            # No usage from the server: charge the prompt as it was sent, never nothing.
+            prompt = estimate_prompt_tokens(request["messages"], request.get("tools") or ())
+            completion = completion.model_copy(update={"prompt_tokens": prompt})
+        return completion
 
     def _request(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]], limit: int | None
@@ -199,14 +210,25 @@ def _completion(response: Any, turn: int, gen_seconds: float, capped_by_budget: 
     if finish == "length" and capped_by_budget:
         finish = "deadline"
     usage = getattr(response, "usage", None)
+    prompt_tokens = getattr(usage, "prompt_tokens", None)
+    completion_tokens = getattr(usage, "completion_tokens", None)
+    # Servers that report no usage (some proxies, streaming without include_usage) are charged
+    # from the text instead, and the step says so: generation is never free.
+    estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
+    if not isinstance(completion_tokens, int) or (
+        completion_tokens == 0 and (content or message.tool_calls)
+    ):
+        completion_tokens = max(1, estimate_tokens(assistant_text(content, calls)))
+        estimated = True
     return Completion(
         text=content,
         tool_calls=calls,
         malformed=malformed,
-        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else 0,
+        completion_tokens=completion_tokens,
         gen_seconds=gen_seconds,
         finish_reason=finish,
+        usage_estimated=estimated,
     )
 
 

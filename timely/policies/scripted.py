@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.policies.base import Deadline, register_backend
+from timely.prompting import CHARS_PER_TOKEN
 from timely.rng import make_rng
 from timely.types import Completion, Message, ToolCall
 
@@ -27,17 +28,11 @@ if TYPE_CHECKING:
 
 ScriptMode = Literal["oracle", "budget-aware", "answer-now"]
 MODES: tuple[str, ...] = get_args(ScriptMode)
-CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text and code with BPE tokenizers
 
 # The budget line the loop appends to the user turn (both wordings in timely.budget).
 _BUDGET_RE = re.compile(
     r"(?:time budget of|answer within)\s+(\d+(?:\.\d+)?)\s+seconds", re.IGNORECASE
 )
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count of ``text`` (characters / 4, rounded up)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def prompt_chars(

@@ -164,3 +164,32 @@ def test_factory_validates_options(monkeypatch):
     )
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert factory("gpt-x", base_url="http://x/v1").api_key == "sk-test"
+
+
+async def test_no_usage_is_estimated_and_flagged(app):
+    p = policy(app, "no-usage")
+    c = await p.generate(question(), [CALC], deadline=deadline())
+    assert c.text.startswith("The answer is 42")
+    assert c.usage_estimated
+    assert c.completion_tokens >= len(c.text) // 4 > 0  # never free
+    assert c.prompt_tokens > 0  # counted from what was sent
+    with_usage = await policy(app, "tool-then-answer").generate(
+        question(), [CALC], deadline=deadline()
+    )
+    assert not with_usage.usage_estimated
+
+
+async def test_no_usage_episode_charges_generation_and_flags_the_step(app):
+    from tests.helpers.env import in_process_tools
+    from timely.budget import Budget
+    from timely.loop import run_episode
+    from timely.task import make_task
+
+    p = policy(app, "no-usage")
+    async with in_process_tools() as tools:
+        traj = await run_episode(
+            p, make_task("math/arithmetic-v1", seed=0), tools, VirtualClock(), Budget(seconds=60)
+        )
+    assert traj.steps[0].usage_estimated
+    assert traj.gen_s > 0.05  # small-fast charges overhead plus the estimated tokens
+    assert traj.steps[0].completion_tokens > 0

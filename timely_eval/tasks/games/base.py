@@ -207,10 +207,12 @@ class GameTask(Task):
             except ToolError as exc:
                 if "session_exists" not in str(exc):
                     raise
-                # Session ids are episode keys: a live one is left over from an interrupted
-                # run of this very episode (a resumed eval against a long-running server).
-                await tools.end_session(session_id)
-                await create(session_id)
+                # Never end a live session to take its id: it is another episode's game.
+                raise ToolError(
+                    f"{self.id}: session {session_id!r} is already live on the tool server, "
+                    "so another episode is playing in it; give every episode its own "
+                    "session_id (run_episode makes a unique one when none is given)"
+                ) from None
             self._sessions().add(session_id)
         # A private clock: starting the game is the harness's time, not the agent's.
         clock = VirtualClock()
