@@ -94,6 +94,8 @@ class Task(ABC):
         """Free per-episode state."""
 
 
+# The built-in families (timely_eval.tasks) are entry points of this group, declared in
+# pyproject.toml: the core never imports them, a lookup does.
 TASKS: Registry[type[Task]] = Registry("task", entry_point_group="timely.tasks")
 
 
@@ -119,7 +121,6 @@ def make_task(
         difficulty: family-specific level (None: the family's default).
         **options: family-specific options (e.g. ``path=`` for tasks that read data files).
     """
-    _ensure_builtin_tasks()
     cls = TASKS.get(task_id)
     kwargs: dict[str, Any] = {"seed": seed, "split": split, **options}
     if difficulty is not None:
@@ -133,9 +134,5 @@ def make_task(
 
 
 def task_names() -> list[str]:
-    _ensure_builtin_tasks()
+    """Registered task ids and aliases, without importing the families behind them."""
     return TASKS.names()
-
-
-def _ensure_builtin_tasks() -> None:
-    import timely_eval.tasks  # noqa: F401 - importing registers the built-in families
