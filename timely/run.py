@@ -18,6 +18,7 @@ from timely.loop import run_episode
 from timely.policies.base import Policy, make_policy
 from timely.runrecord import write_run_record
 from timely.task import make_task
+from timely.tool_servers import in_process_app
 from timely.toolclient import ToolBackend, ToolClient
 from timely.types import Trajectory, write_jsonl
 
@@ -30,15 +31,25 @@ class RunResult:
 
 @contextlib.asynccontextmanager
 async def open_tools(
-    url: str | None, *, latency: str, tool_latency: dict[str, str], seed: int
+    url: str | None = None,
+    *,
+    latency: str = "constant:0",
+    tool_latency: dict[str, str] | None = None,
+    seed: int = 0,
 ) -> AsyncIterator[ToolBackend]:
-    """A tool backend: a client for a running server at ``url``, else an in-process server."""
+    """A tool backend: a client for a running server at ``url``, else an in-process server.
+
+    Args:
+        url: a running tool server (``timely tool-server``); None: serve the built-in tools
+            in-process (the ``default`` entry of :mod:`timely.tool_servers`), without sockets.
+        latency: in-process only: the latency spec of every tool, e.g. ``constant:1.0``.
+        tool_latency: in-process only: latency overrides by tool name.
+        seed: in-process only: seed of the server's latency and fault streams.
+    """
     if url:
         client = ToolClient(url)
     else:
-        from server.app import ServerConfig, create_app
-
-        app = create_app(ServerConfig(latency=latency, per_tool_latency=tool_latency, seed=seed))
+        app = in_process_app(latency=latency, per_tool_latency=tool_latency, seed=seed)
         client = ToolClient.in_process(app)
     async with client:
         yield client

@@ -132,20 +132,21 @@ async def check_task_with_loop(
     """Check that the scripted oracle solves the task within its default budget.
 
     Plays ``n_seeds`` test episodes through the real agent loop, a virtual clock and an
-    in-process tool server with ``latency`` per call.
+    in-process tool server (the ``default`` of :mod:`timely.tool_servers`) with ``latency`` per
+    call.
 
     Raises:
         AssertionError: naming the seed, how the episode ended and how long it took.
     """
-    from server.app import ServerConfig, create_app
     from timely.budget import Budget
     from timely.clock import VirtualClock
     from timely.loop import run_episode
     from timely.policies.base import make_policy
+    from timely.tool_servers import in_process_app
     from timely.toolclient import ToolClient
 
     policy = make_policy("scripted:oracle")
-    app = create_app(ServerConfig(latency=latency))
+    app = in_process_app(latency=latency)
     async with ToolClient.in_process(app) as tools:
         for seed in range(n_seeds):
             task = make_task(task_id, seed=seed, split="test", difficulty=difficulty)
