@@ -1,4 +1,9 @@
-"""The ``timely`` command. Thin: parse flags into config overrides and call the library."""
+"""The ``timely`` command. Thin: parse flags into config overrides and call the library.
+
+This is the composition root: it wires the core to the layers above it (the eval commands, the
+tool server), which it names as ``module:attr`` strings imported when a command runs, so the core
+library itself imports neither.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,13 @@ import typer
 from rich.console import Console
 
 from timely.errors import TimelyError
+from timely.registry import load_object
+
+# The layers above the core, resolved by the commands that need them.
+EVAL_COMMAND = "timely_eval.commands:eval_command"
+LEADERBOARD_COMMAND = "timely_eval.commands:leaderboard_command"
+SERVE = "server.app:serve"
+BUILD_SERVER_CONFIG = "server.config:build_server_config"
 
 app = typer.Typer(
     name="timely",
@@ -109,11 +121,11 @@ def tasks() -> None:
     """List registered tasks."""
     from rich.table import Table
 
-    from timely.task import TASKS, task_names
+    from timely.task import TASKS
 
     table = Table("task", "description")
-    for name in task_names():
-        table.add_row(name, TASKS.help(name))
+    for name, text in TASKS.described().items():
+        table.add_row(name, text)
     console.print(table)
 
 
@@ -197,8 +209,8 @@ def tool_server_cmd(
     ] = None,
 ) -> None:
     """Start the simulated tool server (FastAPI + uvicorn; plain HTTP and MCP at /mcp)."""
-    from server.app import serve
-    from server.config import build_server_config
+    serve = load_object(SERVE)
+    build_server_config = load_object(BUILD_SERVER_CONFIG)
 
     def pairs(items: list[str] | None, flag: str) -> dict[str, str]:
         out = {}
@@ -298,7 +310,7 @@ def eval_cmd(
     """Run a Timely-Eval suite (resumable): progress bars, then a summary table."""
     import yaml
 
-    from timely_eval.commands import eval_command
+    eval_command = load_object(EVAL_COMMAND)
 
     options: dict[str, object] = {"base_url": base_url} if base_url else {}
     for item in policy_option or []:
@@ -334,9 +346,7 @@ def leaderboard(
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("reports/leaderboard"),
 ) -> None:
     """Write leaderboard.md, leaderboard.html, results.json and plots from run directories."""
-    from timely_eval.commands import leaderboard_command
-
-    leaderboard_command(console, runs, out)
+    load_object(LEADERBOARD_COMMAND)(console, runs, out)
 
 
 def main() -> None:
