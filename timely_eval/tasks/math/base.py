@@ -30,7 +30,7 @@ from timely.errors import TaskError
 from timely.rng import derive_seed, make_rng
 from timely.task import SPLITS, ScriptedSolution, Split, Task, TaskSpec
 from timely.types import ToolCall
-from timely_eval.tasks.math.scoring import format_number, score_answer
+from timely_eval.tasks.math.scoring import format_number, score_answer, stated_answer
 
 if TYPE_CHECKING:
     from timely.types import Trajectory
@@ -253,6 +253,12 @@ class MathTask(Task):
     def score(self, answer: str | None, trajectory: Trajectory | None = None) -> float:
         """1.0 when the final answer equals the gold value exactly (see ``scoring``), else 0.0."""
         return score_answer(answer, self.gold)
+
+    def well_formed(self, answer: str | None) -> bool:
+        """Whether the answer states a number explicitly: in an ``<answer>`` tag, an
+        ``Answer:`` line or a ``\\boxed{}`` (a bare number in the reasoning does not count)."""
+        stated = stated_answer(answer)
+        return stated is not None and any(ch.isdigit() for ch in stated)
 
     def solution(self) -> ScriptedSolution:
         """One calculator call per step, each embedding earlier results as literal numbers."""

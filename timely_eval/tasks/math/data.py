@@ -26,7 +26,7 @@ from timely.errors import TaskError
 from timely.rng import derive_seed
 from timely.task import SPLITS, ScriptedSolution, Split, Task, TaskSpec
 from timely_eval.tasks.math.base import CALCULATOR
-from timely_eval.tasks.math.scoring import extract_answer, score_answer
+from timely_eval.tasks.math.scoring import extract_answer, score_answer, stated_answer
 
 if TYPE_CHECKING:
     from timely.types import Trajectory
@@ -199,6 +199,12 @@ class DataTask(Task):
             if candidate is not None and _text_key(candidate) == _text_key(self.gold):
                 return 1.0
         return value
+
+    def well_formed(self, answer: str | None) -> bool:
+        """Whether the answer is stated explicitly and not empty: in an ``<answer>`` tag, an
+        ``Answer:`` line or a ``\\boxed{}``."""
+        stated = stated_answer(answer)
+        return bool(stated and stated.strip())
 
     def solution(self) -> ScriptedSolution:
         """No tool script exists for arbitrary questions: the oracle states the gold answer.

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, ClassVar
 from timely.task import ScriptedSolution
 from timely.types import ToolCall
 from timely_eval.tasks.math.base import CALCULATOR, MathTask, Problem
-from timely_eval.tasks.math.scoring import format_number, numbers_match, parse_with_places
+from timely_eval.tasks.math.scoring import (
+    format_number,
+    numbers_match,
+    parse_with_places,
+    tagged_answer,
+)
 
 if TYPE_CHECKING:
     from timely.types import Trajectory
@@ -58,10 +63,11 @@ def answer_line(parts: list[Part] | list[tuple[str, Fraction]]) -> str:
 def extract_labelled(text: str | None, labels: tuple[str, ...]) -> dict[str, str]:
     """The text stated for each label, e.g. ``{"A": "12", "B": "5 * 3 = 15"}``.
 
-    Only the text after the last ``Answer:`` counts when there is one (it is authoritative, as in
-    single answers); otherwise the whole text, where the last statement of a label wins. A label
-    is recognised as a standalone token followed by ``=`` or ``:`` (``A=3``, ``Part B: 7``,
-    ``x = -2``); its text runs to the next recognised label.
+    Only the content of the answer tag counts when there is one (``<answer>A=1; B=2</answer>``;
+    which tag: :func:`~.scoring.tagged_answer`), else only the text after the last ``Answer:``
+    (both are authoritative, as in single answers); otherwise the whole text, where the last
+    statement of a label wins. A label is recognised as a standalone token followed by ``=`` or
+    ``:`` (``A=3``, ``Part B: 7``, ``x = -2``); its text runs to the next recognised label.
 
     Args:
         text: the model's final message.
@@ -70,6 +76,9 @@ def extract_labelled(text: str | None, labels: tuple[str, ...]) -> dict[str, str
     if not isinstance(text, str) or not labels:
         return {}
     text = text[-_MAX_CHARS:]
+    tagged = tagged_answer(text)
+    if tagged is not None:
+        text = tagged
     markers = list(_ANSWER_RE.finditer(text))
     if markers:
         text = text[markers[-1].end() :]

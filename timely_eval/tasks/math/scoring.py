@@ -1,12 +1,14 @@
 """Turning a model's free-form final answer into a verdict against a gold answer.
 
-Models answer in many shapes: ``Answer: 1,234``, ``\\boxed{\\frac{3}{4}}``, ``The answer is -7.``,
-``$34.25``. Scoring must be exact (0.75 and 3/4 are the same number), must never raise on any
-string (a malformed answer is data, not a crash), and must run anywhere: inside threads and event
-loops, where math-verify's signal-based timeouts fail. So numbers are parsed and compared here with
-:class:`fractions.Fraction`; math-verify is only a guarded fallback for answers or golds that are
-not plain numbers (e.g. a JSONL reasoning set whose gold is ``\\sqrt{2}``). This module knows
-nothing about task generators, so dataset loaders can reuse :func:`score_answer` directly.
+Models answer in many shapes: ``<answer>\\boxed{\\frac{3}{4}}</answer>`` (the reference release's
+format), ``Answer: 1,234``, ``\\boxed{\\frac{3}{4}}``, ``The answer is -7.``, ``$34.25``. Scoring
+must be exact (0.75 and 3/4 are the same number), must never raise on any string (a malformed
+answer is data, not a crash), and must run anywhere, inside threads and event loops. So plain
+numbers are parsed and compared here with :class:`fractions.Fraction`; answers or golds that are
+not plain numbers (a JSONL reasoning set whose gold is ``\\sqrt{2}``) go to math-verify, which
+runs in a bounded worker (:mod:`.verifier`) because its own signal-based timeouts fail off the
+main thread. This module knows nothing about task generators, so dataset loaders can reuse
+:func:`score_answer` directly.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from timely_eval.tasks.math import verifier
+
 # A number: thousands groups ("1,234") or plain digits, optional decimals and a small exponent.
 _NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?(?:[eE][-+]?\d{1,3})?|[-+]?\.\d+"
 _NUMBER_RE = re.compile(rf"(?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?")
 _ANSWER_RE = re.compile(r"\banswer\b\s*\**\s*[:\uff1a]", re.IGNORECASE)
+_OPEN = r"<\s*answer\s*>"
+_OPEN_TAG_RE = re.compile(_OPEN, re.IGNORECASE)
+# A complete tag whose content holds no other opening tag ("<answer>1<answer>2</answer>" is 2).
+_TAG_RE = re.compile(rf"{_OPEN}((?:(?!{_OPEN}).)*?)<\s*/\s*answer\s*>", re.IGNORECASE | re.DOTALL)
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}")
 _FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
@@ -33,9 +41,26 @@ _SYMPY_MAX_CHARS = 200
 def extract_answer(text: str | None) -> str | None:
     """The part of a response that states the final answer, or None.
 
-    Precedence: the last ``Answer: ...`` line, then the last ``\\boxed{...}``, then the last
-    number in the text. When an ``Answer:`` line exists it is authoritative: a model that commits
-    to "Answer: I don't know" is not rescued by a number in its reasoning.
+    Precedence: an ``<answer>...</answer>`` tag (see :func:`tagged_answer`), then the last
+    ``Answer: ...`` line, then the last ``\\boxed{...}``, then the last number in the text. A
+    stated answer is authoritative: a model that commits to ``<answer>I don't know</answer>`` or
+    "Answer: I don't know" is not rescued by a number in its reasoning.
+
+    Args:
+        text: the model's final message.
+    """
+    stated = stated_answer(text)
+    if stated is not None or not isinstance(text, str):
+        return stated
+    numbers = list(_NUMBER_RE.finditer(_normalise(text[-_MAX_CHARS:])))
+    return numbers[-1].group(0) if numbers else None
+
+
+def stated_answer(text: str | None) -> str | None:
+    """The answer a response states explicitly (a tag, an ``Answer:`` line, a box), or None.
+
+    Like :func:`extract_answer` without its last resort, the last number: what the format
+    checks (``well_formed``) look for.
 
     Args:
         text: the model's final message.
@@ -43,19 +68,26 @@ def extract_answer(text: str | None) -> str | None:
     if not isinstance(text, str) or not text.strip():
         return None
     text = _normalise(text[-_MAX_CHARS:])
-    matches = list(_ANSWER_RE.finditer(text))
-    if matches:
-        rest = text[matches[-1].end() :].lstrip(" \t*")
-        if rest.startswith("\n"):
-            rest = rest.lstrip()
-        line = rest.split("\n", 1)[0].strip()
-        boxed = _last_boxed(line)
-        return boxed if boxed is not None else line
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed
-    numbers = list(_NUMBER_RE.finditer(text))
-    return numbers[-1].group(0) if numbers else None
+    tagged = _tag_content(text)
+    if tagged is not None:
+        inner = _inner_answer(tagged)
+        return inner if inner is not None else tagged.strip()
+    return _inner_answer(text)
+
+
+def tagged_answer(text: str | None) -> str | None:
+    """The content of the answer tag that counts, or None when the text has no tag.
+
+    The rule: the **last complete** ``<answer>...</answer>`` counts (tags ignore case and
+    spaces, ``< answer >``). Only when no tag is complete does an unclosed ``<answer>`` count,
+    its content running to the end of the text (a reply cut off before ``</answer>``).
+
+    Args:
+        text: the model's final message.
+    """
+    if not isinstance(text, str):
+        return None
+    return _tag_content(_normalise(text[-_MAX_CHARS:]))
 
 
 def parse_number(text: str | None) -> Fraction | None:
@@ -111,12 +143,18 @@ def numbers_match(pred: Fraction, gold: Fraction, places: int | None = None) -> 
     return abs(pred - gold) * scale < 1
 
 
-def score_answer(answer: Any, gold: str | int | Fraction) -> float:
+def score_answer(
+    answer: Any, gold: str | int | Fraction, *, timeout_s: float = verifier.DEFAULT_TIMEOUT_S
+) -> float:
     """1.0 when ``answer`` states the gold value, else 0.0; never raises.
+
+    Plain numbers on both sides are compared exactly here (see :func:`numbers_match`); anything
+    else goes to math-verify, bounded by ``timeout_s`` (a comparison not done in time scores 0).
 
     Args:
         answer: the model's final message (None, empty or malformed scores 0).
         gold: the gold answer: an exact number, or a string (a number or a LaTeX expression).
+        timeout_s: the most seconds a math-verify comparison may take.
     """
     if answer is None:
         return 0.0
@@ -129,7 +167,9 @@ def score_answer(answer: Any, gold: str | int | Fraction) -> float:
         parsed = _parse_with_places(candidate)
         if gold_value is not None and parsed is not None:
             return 1.0 if numbers_match(parsed[0], gold_value, parsed[1]) else 0.0
-        return 1.0 if _math_verify_equal(candidate, str(gold)) else 0.0
+        if gold_value is not None and not any(ch.isdigit() for ch in candidate):
+            return 0.0  # no digit can equal a plain number ("not sure", "banana")
+        return 1.0 if _math_verify_equal(candidate, str(gold), timeout_s) else 0.0
     except (ValueError, ArithmeticError, RecursionError, MemoryError):  # pragma: no cover
         return 0.0
 
@@ -162,6 +202,28 @@ def _normalise(text: str) -> str:
         .replace("\u202f", " ")
         .replace("\r\n", "\n")
     )
+
+
+def _tag_content(text: str) -> str | None:
+    """The content of the tag that counts in normalised ``text`` (see :func:`tagged_answer`)."""
+    complete = list(_TAG_RE.finditer(text))
+    if complete:
+        return complete[-1].group(1)
+    opened = list(_OPEN_TAG_RE.finditer(text))
+    return text[opened[-1].end() :] if opened else None
+
+
+def _inner_answer(text: str) -> str | None:
+    """The last ``Answer:`` line (a box in it wins), else the last box; None when neither."""
+    matches = list(_ANSWER_RE.finditer(text))
+    if matches:
+        rest = text[matches[-1].end() :].lstrip(" \t*")
+        if rest.startswith("\n"):
+            rest = rest.lstrip()
+        line = rest.split("\n", 1)[0].strip()
+        boxed = _last_boxed(line)
+        return boxed if boxed is not None else line
+    return _last_boxed(text)
 
 
 def _last_boxed(text: str) -> str | None:
@@ -232,29 +294,15 @@ def _decimal_places(numeral: str) -> int | None:
     return len(numeral.split(".", 1)[1])
 
 
-def _math_verify_equal(candidate: str, gold: str) -> bool:
+def _math_verify_equal(candidate: str, gold: str, timeout_s: float) -> bool:
     """Symbolic equality through math-verify, for answers that are not plain numbers.
 
-    math-verify's own timeouts use SIGALRM, which fails outside the main thread, so they are
-    disabled and replaced by input guards: sympy is never handed long input or big powers.
+    Input guards come first: sympy is never handed long input or big powers, which keeps the
+    common junk fast and deterministic; the bounded worker (:mod:`.verifier`) catches the rest.
     """
     if not (_safe_for_sympy(candidate) and _safe_for_sympy(gold)):
         return False
-    try:
-        import math_verify.grader
-        import math_verify.parser
-        from math_verify import parse, verify
-
-        # We disable the timeouts on purpose (see above); silence the one-time warning about it.
-        math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-        math_verify.grader.TIMEOUT_WARNING_SHOWN = True
-        gold_parsed = parse(_as_latex(gold), parsing_timeout=None)
-        pred_parsed = parse(_as_latex(candidate), parsing_timeout=None)
-        if not gold_parsed or not pred_parsed:
-            return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:  # noqa: BLE001 - third-party parser: any failure means "not verified"
-        return False
+    return verifier.equal(_as_latex(gold), _as_latex(candidate), timeout_s=timeout_s)
 
 
 def _as_latex(text: str) -> str:
