@@ -121,14 +121,14 @@ def require_admin(server: ToolServer, request: Request) -> None:
 
 
 def _latency_view(server: ToolServer) -> dict[str, Any]:
-    latency = server.latency
+    latency, registry = server.latency, server.registry
     return {
         "default": latency.default.spec,
         "per_tool": {k: v.spec for k, v in sorted(latency.per_tool.items())},
         "profile": server.config.latency_profile,
         "effective": {
-            name: latency.model_for(name, server.registry.get(name).latency).spec
-            for name in server.registry.names()
+            name: latency.model_for(name, registry.default_latency(registry.get(name))).spec
+            for name in registry.names()
         },
     }
 

@@ -271,7 +271,7 @@ class ToolServer:
         wait: Wait,
     ) -> CallOutcome:
         name = tooldef.name
-        model = self.latency.model_for(name, tooldef.latency)
+        model = self.latency.model_for(name, self.registry.default_latency(tooldef))
         latency = model.sample(session.latency_rng if session else self._latency_rng)
         fault: Fault | None = None
         spec: FaultSpec = self.faults.spec_for(name)

@@ -2,25 +2,21 @@
 
 One registry feeds both the HTTP listing (the OpenAI ``tools`` array a policy is given) and
 dispatch, so what the model is told and what the server accepts cannot drift apart. Tools are
-declared next to their implementation with :func:`tool`; :func:`default_registry` collects the
-built-ins, and third-party packages add theirs through the ``timely.tools`` entry-point group.
+declared next to their implementation with :func:`tools.base.tool` (the tools package imports
+nothing from the server); :func:`default_registry` collects the built-ins, and third-party
+packages add theirs through the ``timely.tools`` entry-point group. A tool's own latency spec is
+parsed here, when the tool is registered, so a malformed one fails before the server serves.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
-import re
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
-from server.latency import parse_latency
+from server.latency import BaseLatency, parse_latency
 from timely.registry import Registry
-from tools.base import ToolContext, ToolInputError
+from tools.base import ToolContext, ToolDef, ToolHandler, ToolInputError, tool
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -32,8 +28,6 @@ __all__ = [
     "default_registry",
     "tool",
 ]
-
-ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
 
 # "module:attr" of every built-in tool; imported only when a registry is built.
 BUILTIN_TOOLS: tuple[str, ...] = (
@@ -53,72 +47,6 @@ BUILTIN_TOOLS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ToolDef:
-    """One tool as the server sees it.
-
-    Attributes:
-        name: the name the model calls it by.
-        description: what the tool does, shown to the model.
-        parameters: JSON Schema of the arguments object (checked when the ToolDef is built).
-        handler: ``async (arguments, ctx) -> result``; the result must be JSON-serialisable.
-        latency: the tool's own default latency model (a spec or model), or None to use the
-            server's default. Server-side per-tool overrides still win.
-    """
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    handler: ToolHandler
-    latency: Any = None
-    validator: Draft202012Validator = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
-            raise ValueError(
-                f"tool name {self.name!r} must be 1-64 ASCII letters, digits, '_' or '-' "
-                "(OpenAI function names)"
-            )
-        if self.parameters.get("type") != "object":
-            raise ValueError(f"tool {self.name!r}: parameters must be a JSON Schema object type")
-        try:
-            Draft202012Validator.check_schema(self.parameters)
-        except SchemaError as exc:
-            raise ValueError(f"tool {self.name!r}: invalid JSON Schema: {exc.message}") from None
-        if self.latency is not None:
-            object.__setattr__(self, "latency", parse_latency(self.latency))
-        object.__setattr__(self, "validator", Draft202012Validator(self.parameters))
-
-    def openai(self) -> dict[str, Any]:
-        """The OpenAI ``tools`` entry: ``{"type": "function", "function": {...}}``."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": copy.deepcopy(self.parameters),
-            },
-        }
-
-
-def tool(
-    name: str, *, description: str, parameters: dict[str, Any], latency: Any = None
-) -> Callable[[ToolHandler], ToolDef]:
-    """Decorator turning an async handler into a :class:`ToolDef`.
-
-    Args:
-        name: the tool name.
-        description: shown to the model.
-        parameters: JSON Schema of the arguments.
-        latency: optional default latency spec for this tool.
-    """
-
-    def deco(handler: ToolHandler) -> ToolDef:
-        return ToolDef(name, description, parameters, handler, latency)
-
-    return deco
-
-
 class ToolRegistry:
     """The set of tools one server exposes, with did-you-mean lookups.
 
@@ -131,6 +59,7 @@ class ToolRegistry:
         self, tools: Iterable[ToolDef | str] = (), *, entry_point_group: str | None = None
     ) -> None:
         self._reg: Registry[ToolDef] = Registry("tool", entry_point_group)
+        self._latency: dict[str, tuple[ToolDef, BaseLatency | None]] = {}
         for t in tools:
             self.add(t)
 
@@ -139,14 +68,31 @@ class ToolRegistry:
 
         Raises:
             timely.errors.RegistryError: a different tool of that name is already registered.
+            ValueError: the tool's latency spec is malformed.
         """
         if isinstance(tooldef, str):
             module, _, attr = tooldef.partition(":")
             tooldef = getattr(importlib.import_module(module), attr)
         if not isinstance(tooldef, ToolDef):
             raise TypeError(f"expected a ToolDef, got {type(tooldef).__name__}")
+        self.default_latency(tooldef)  # a bad spec fails now, not on the first call
         self._reg.add(tooldef.name, tooldef, help=tooldef.description.split("\n")[0])
         return tooldef
+
+    def default_latency(self, tooldef: ToolDef) -> BaseLatency | None:
+        """The tool's own latency model (its ``latency`` spec, parsed once), or None.
+
+        Raises:
+            ValueError: the spec is malformed; the message names the tool and the valid forms.
+        """
+        cached = self._latency.get(tooldef.name)
+        if cached is None or cached[0] is not tooldef:
+            try:
+                model = None if tooldef.latency is None else parse_latency(tooldef.latency)
+            except ValueError as exc:
+                raise ValueError(f"tool {tooldef.name!r}: latency: {exc}") from None
+            cached = self._latency[tooldef.name] = (tooldef, model)
+        return cached[1]
 
     def register(
         self, name: str, *, description: str, parameters: dict[str, Any], latency: Any = None

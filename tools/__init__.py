@@ -1,8 +1,9 @@
 """Tool implementations the simulated tool server exposes.
 
 A tool is an async handler ``(arguments, ctx) -> result`` plus its JSON Schema, wrapped in a
-:class:`server.registry.ToolDef` by the ``@tool`` decorator. Modules here hold implementations
-only: the server owns HTTP, latency injection and argument validation, so a handler receives
-arguments that already match its schema and raises :class:`tools.base.ToolInputError` for input
-the schema cannot rule out (division by zero, an unknown word).
+:class:`tools.base.ToolDef` by the :func:`tools.base.tool` decorator. Modules here hold
+implementations only and import nothing from ``server``: the server owns HTTP, latency injection
+and argument validation, so a handler receives arguments that already match its schema and
+raises :class:`tools.base.ToolInputError` for input the schema cannot rule out (division by
+zero, an unknown word).
 """

@@ -1,14 +1,22 @@
 """The contract between a tool implementation and the tool server.
 
-Kept free of any server import so tool modules stay plain Python: a handler gets a
+Kept free of any server import so tool modules stay plain Python: a tool is an async handler
+wrapped in a :class:`ToolDef` by the :func:`tool` decorator; the handler gets a
 :class:`ToolContext` and raises :class:`ToolInputError` when the model's input is wrong, which the
-server turns into an observation the model can act on (not an HTTP failure).
+server turns into an observation the model can act on (not an HTTP failure). The server
+(``server.registry``) collects ToolDefs and interprets what they declare (e.g. the latency spec).
 """
 
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 
 class ToolInputError(ValueError):
@@ -44,3 +52,71 @@ class ToolContext:
     clock: Literal["wall", "virtual"] = "wall"
     state: dict[str, Any] | None = field(default=None, compare=False)
     deadline_s: float | None = None
+
+
+ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ToolDef:
+    """One tool: what the model is told about it and the handler that runs it.
+
+    Attributes:
+        name: the name the model calls it by.
+        description: what the tool does, shown to the model.
+        parameters: JSON Schema of the arguments object (checked when the ToolDef is built).
+        handler: ``async (arguments, ctx) -> result``; the result must be JSON-serialisable.
+        latency: the tool's own default latency spec (e.g. ``"constant:0"``), or None to use the
+            server's default. Kept as given; the server parses it when it registers the tool
+            (``server.latency.parse_latency``), and its per-tool overrides still win.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: ToolHandler
+    latency: Any = None
+    validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
+            raise ValueError(
+                f"tool name {self.name!r} must be 1-64 ASCII letters, digits, '_' or '-' "
+                "(OpenAI function names)"
+            )
+        if self.parameters.get("type") != "object":
+            raise ValueError(f"tool {self.name!r}: parameters must be a JSON Schema object type")
+        try:
+            Draft202012Validator.check_schema(self.parameters)
+        except SchemaError as exc:
+            raise ValueError(f"tool {self.name!r}: invalid JSON Schema: {exc.message}") from None
+        object.__setattr__(self, "validator", Draft202012Validator(self.parameters))
+
+    def openai(self) -> dict[str, Any]:
+        """The OpenAI ``tools`` entry: ``{"type": "function", "function": {...}}``."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": copy.deepcopy(self.parameters),
+            },
+        }
+
+
+def tool(
+    name: str, *, description: str, parameters: dict[str, Any], latency: Any = None
+) -> Callable[[ToolHandler], ToolDef]:
+    """Decorator turning an async handler into a :class:`ToolDef`.
+
+    Args:
+        name: the tool name.
+        description: shown to the model.
+        parameters: JSON Schema of the arguments.
+        latency: optional default latency spec for this tool.
+    """
+
+    def deco(handler: ToolHandler) -> ToolDef:
+        return ToolDef(name, description, parameters, handler, latency)
+
+    return deco

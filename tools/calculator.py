@@ -14,8 +14,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from server.registry import tool
-from tools.base import ToolContext, ToolInputError
+from tools.base import ToolContext, ToolInputError, tool
 
 MAX_EXPRESSION_CHARS = 2000
 MAX_EXPONENT = 1000

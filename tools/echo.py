@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.registry import tool
-from tools.base import ToolContext
+from tools.base import ToolContext, tool
 
 
 @tool(

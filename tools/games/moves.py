@@ -23,8 +23,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from server.registry import ToolDef, tool
-from tools.base import ToolContext, ToolInputError
+from tools.base import ToolContext, ToolDef, ToolInputError, tool
 from tools.games.common import MAX_COMMAND_CHARS, GameSession
 from tools.games.treasure.engine import TreasureGame
 from tools.games.treasure.world import MAX_DIFFICULTY, world_for

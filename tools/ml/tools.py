@@ -28,10 +28,9 @@ import numpy as np
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from server.registry import tool
 from timely.clock import wall_seconds
 from timely.rng import make_rng
-from tools.base import ToolContext, ToolInputError
+from tools.base import ToolContext, ToolInputError, tool
 from tools.ml import blas, recipe
 from tools.ml.data import (
     CLASSIFICATION_METRICS,

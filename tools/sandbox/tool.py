@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.registry import tool
-from tools.base import ToolContext, ToolInputError
+from tools.base import ToolContext, ToolInputError, tool
 from tools.sandbox.core import SandboxLimits, Workspace, run_code
 
 WORKSPACE_KEY = "workspace"

@@ -337,8 +337,13 @@ def test_tool_definitions_are_checked():
         ToolDef("t", "d", {"type": "string"}, handler)
     with pytest.raises(ValueError, match="invalid JSON Schema"):
         ToolDef("t", "d", {"type": "object", "properties": 3}, handler)
-    with pytest.raises(ValueError, match="Valid forms"):
-        ToolDef("t", "d", {"type": "object"}, handler, latency="soon")
+    # The spec is the server's to read: kept as given, parsed when a registry adds the tool.
+    lazy = ToolDef("t", "d", {"type": "object"}, handler, latency="soon")
+    assert lazy.latency == "soon"
+    with pytest.raises(ValueError, match="tool 't': latency: .*Valid forms"):
+        ToolRegistry([lazy])
+    timed = ToolRegistry([ToolDef("t", "d", {"type": "object"}, handler, latency=0.5)])
+    assert timed.default_latency(timed.get("t")).spec == "constant:0.5"
     registry = ToolRegistry(["tools.echo:echo"])
     assert registry.names() == ["echo"]
     assert registry.openai_tools(["echo"])[0]["function"]["name"] == "echo"
