@@ -72,24 +72,14 @@ def test_the_allowed_layers_form_no_cycle():
         reach(pkg, (pkg,))
 
 
-@pytest.mark.parametrize("package", ["timely", "server", "timely_eval"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_packages_import_only_the_layers_below_them(package):
     bad = _violations(package)
+    below = ", ".join(sorted(ALLOWED[package])) or "none of the other packages"
     assert not bad, (
-        f"{package} may import only {sorted(ALLOWED[package]) or 'none of ' + str(PACKAGES)}; "
-        "reach a layer above through an entry point or a lazy 'module:attr' string:\n"
-        + "\n".join(bad)
+        f"{package} may import {below}; reach a layer above through an entry point or a lazy "
+        "'module:attr' string:\n" + "\n".join(bad)
     )
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="tools/ still imports the @tool decorator from server.registry; it is being moved "
-    "into the core, after which this passes",
-)
-def test_tools_import_only_the_core():
-    bad = _violations("tools")
-    assert not bad, "tools may import only timely:\n" + "\n".join(bad)
 
 
 def _fresh_modules(code: str) -> dict[str, list[str]]:
