@@ -83,6 +83,28 @@ class Task(ABC):
         """Whether the final answer has the expected form (the paper reward's format credit)."""
         return bool(answer and answer.strip())
 
+    def target(self) -> str | None:
+        """The gold answer this instance is scored against, as text, or None when it has none.
+        Tasks whose gold must stay private (a completion code the agent must discover, held-out
+        labels) return a digest instead: ``"sha256:" + hexdigest``.
+
+        The record keeps it (``Trajectory.target``), so re-scoring and audits need nothing but
+        the record. It must be the same for every build of one (seed, split); see
+        :func:`timely.testing.check_task`.
+        """
+        return None
+
+    @staticmethod
+    def digest(text: str) -> str:
+        """``"sha256:" + hexdigest`` of ``text`` in UTF-8: how :meth:`target` keeps a gold private.
+
+        Args:
+            text: the private gold, serialised as its family documents.
+        """
+        import hashlib
+
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     @property
     def id(self) -> str:
         return self.spec.id

@@ -1,12 +1,15 @@
 """Contract checks for task families, in the spirit of Gymnasium's ``check_env``.
 
 A family that passes :func:`check_task` is deterministic per (id, seed, split), keeps its train
-and test splits apart, scores in [0, 1] with its own gold answer at 1 and junk at 0, and ships a
-solution that only calls the tools it declares. Run it in the tests of every registered family;
-third-party families can run it in theirs.
+and test splits apart, scores in [0, 1] with its own gold answer at 1 and junk at 0, ships a
+solution that only calls the tools it declares, and states a deterministic target (None, the
+gold as text, or a ``sha256:`` digest of a private one). Run it in the tests of every
+registered family; third-party families can run it in theirs.
 """
 
 from __future__ import annotations
+
+import re
 
 from timely.budget import GET_DURATION_TOOL
 from timely.task import SPLITS, TASKS, ScriptedSolution, Task, TaskSpec, make_task
@@ -19,10 +22,15 @@ JUNK_ANSWERS: tuple[str | None, ...] = (
     "I don't know.",
     "Answer:",
     "Answer: banana",
+    "<answer></answer>",
+    "<answer>banana</answer>",
     "\\boxed{}",
     "Answer: -987654321.123456789",
     "}{)(%$#@!" * 20,
 )
+
+
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def check_task(task_id: str, n_seeds: int = 20, *, difficulty: int | None = None) -> None:
@@ -53,6 +61,7 @@ def check_task(task_id: str, n_seeds: int = 20, *, difficulty: int | None = None
             _check(solution == again.solution(), f"{where}: two builds gave different solutions")
             _check_solution(task, solution, where)
             _check_scores(task, solution, where)
+            _check_target(task, again, where)
             by_split[split] = task
             prompts[split].setdefault(task.spec.prompt, seed)
         _check(
@@ -120,6 +129,27 @@ def _check_scores(task: Task, solution: ScriptedSolution, where: str) -> None:
     for answer in solution.fallback_answers:
         value = task.score(answer, None)
         _check(0.0 <= value <= 1.0, f"{where}: answer {answer!r} scores {value}, outside [0, 1]")
+
+
+def _check_target(task: Task, again: Task, where: str) -> None:
+    target = task.target()
+    _check(
+        target == again.target(),
+        f"{where}: two builds gave different targets {target!r} and {again.target()!r}; "
+        "derive the gold from (seed, split) only",
+    )
+    if target is None:
+        return
+    _check(
+        isinstance(target, str) and bool(target.strip()),
+        f"{where}: target() must be None or non-empty text, got {target!r}",
+    )
+    if target.startswith("sha256:"):
+        _check(
+            _DIGEST_RE.fullmatch(target) is not None,
+            f"{where}: target {target!r} starts like a digest but is not 'sha256:' and 64 "
+            "lowercase hex digits; use Task.digest(text)",
+        )
 
 
 async def check_task_with_loop(

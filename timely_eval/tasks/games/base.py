@@ -153,6 +153,15 @@ class GameTask(Task):
         )
 
     # -- scoring -----------------------------------------------------------------------------
+    def target(self) -> str | None:
+        """``"sha256:" + hexdigest`` of the completion code (its 8 characters in UTF-8).
+
+        The code is what the agent must discover by winning, so the record keeps only its
+        digest: an audit checks a claimed code against it without the record giving it away.
+        The score itself is read from the trajectory's ``[score P/M]`` lines.
+        """
+        return self.digest(self.code)
+
     def score(self, answer: str | None, trajectory: Trajectory | None = None) -> float:
         """Points of the last game observation over the max points (see the module docstring).
 

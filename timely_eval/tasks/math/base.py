@@ -250,6 +250,11 @@ class MathTask(Task):
         """The gold answer as text, e.g. ``"34.25"``."""
         return format_number(self.gold)
 
+    def target(self) -> str | None:
+        """The gold answer as the task writes it: :attr:`gold_answer` (``"34.25"``, ``"2/3"``;
+        ``"A=12; B=5"`` for multi-part problems)."""
+        return self.gold_answer
+
     def score(self, answer: str | None, trajectory: Trajectory | None = None) -> float:
         """1.0 when the final answer equals the gold value exactly (see ``scoring``), else 0.0."""
         return score_answer(answer, self.gold)

@@ -200,6 +200,10 @@ class DataTask(Task):
                 return 1.0
         return value
 
+    def target(self) -> str | None:
+        """The item's gold answer as the data gives it (a number or a LaTeX expression)."""
+        return self.gold
+
     def well_formed(self, answer: str | None) -> bool:
         """Whether the answer is stated explicitly and not empty: in an ``<answer>`` tag, an
         ``Answer:`` line or a ``\\boxed{}``."""

@@ -158,6 +158,11 @@ def calibrate(data: Dataset) -> Calibration:
     return result
 
 
+def label_text(labels: tuple[Any, ...] | list[Any]) -> str:
+    """The labels as :meth:`MLTask.target` digests them: compact JSON, in row order."""
+    return json.dumps(list(labels), separators=(",", ":"))
+
+
 def submissions(trajectory: Trajectory | None) -> list[dict[str, Any]]:
     """Every submission the tools recorded in ``trajectory`` (``{"id", "receipt", ...}``)."""
     found: list[dict[str, Any]] = []
@@ -318,6 +323,16 @@ class MLTask(Task):
     @property
     def calibration(self) -> Calibration:
         return calibrate(self.data)
+
+    def target(self) -> str | None:
+        """A digest of the held-out test labels the metric is computed against.
+
+        ``"sha256:" + hexdigest`` of the labels in ``test.csv`` row order as compact JSON
+        (``json.dumps(list(labels), separators=(",", ":"))``: class labels as strings,
+        regression values as floats). The labels stay private; the metric, the public
+        ``test.csv`` fingerprint and the reference model are in ``spec.metadata``.
+        """
+        return self.digest(label_text(self.data.test_labels))
 
     def predictions(self, answer: str | None, trajectory: Trajectory | None) -> Any:
         """What to score: a receipt in the answer, else the submission it names, else the last."""
