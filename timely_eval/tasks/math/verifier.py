@@ -10,9 +10,9 @@ new one starts on the next call). A worker is started on first use (about a seco
 sympy and math-verify) and kept; at most :data:`MAX_WORKERS` run at once, and a caller that
 finds them all busy waits for one to come free. Definite answers are cached per process.
 
-Measured on 2 vCPUs: a comparison through the worker costs its math-verify time plus ~0.1-0.3
-ms of pipe round trip (``\\sqrt{16}`` vs ``4``: ~1 ms); starting a worker ~1 s; a call that runs
-over returns ``timeout_s`` + a few ms after it was sent.
+Measured on 2 (busy) vCPUs: a comparison through the worker costs its math-verify time (~1-10
+ms for typical answers) plus ~0.4 ms of pipe round trip; starting a worker takes 1-2 s and ~60
+MB of memory; a call that runs over returns ``timeout_s`` + 20-50 ms after it was sent.
 
 Where no process can be started (a sandbox that forbids it), the comparison runs in a daemon
 thread that the caller waits on for ``timeout_s``; that bounds the caller for pure-Python sympy
