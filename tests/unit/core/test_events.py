@@ -37,8 +37,8 @@ async def test_events_follow_the_episode_in_order():
     kinds = [e.type for e in events]
     assert kinds[0] == "episode_started" and kinds[-1] == "episode_ended"
     n_calls = traj.n_tool_calls
-    assert kinds.count("generation_started") == kinds.count("generation_finished") == len(
-        traj.steps
+    assert (
+        kinds.count("generation_started") == kinds.count("generation_finished") == len(traj.steps)
     )
     assert kinds.count("tool_call") == kinds.count("tool_result") == n_calls
     assert kinds.count("time_status") == n_calls  # pushed after every tool result
