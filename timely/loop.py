@@ -292,7 +292,9 @@ class _Episode:
                 GenerationStarted(at=before - self.start_at, turn=turn, max_new_tokens=cap)
             )
         try:
-            async with self.clock.cutoff(self.stop_at):
+            # Backends stop at the deadline themselves and return what they sampled (kept for
+            # audits and training); the cutoff is the backstop for those that do not.
+            async with self.clock.cutoff(self.stop_at + _CUTOFF_GRACE_S):
                 completion = await self.policy.generate(
                     messages, self.tool_schemas, deadline=deadline
                 )
@@ -477,7 +479,7 @@ class _Episode:
             overrun=self.budget.overrun,
             sample=sample,
             tools=self.tool_schemas,
-            target=_target(self.task),
+            target=self.task.target(),
             messages=messages,
             steps=self.steps,
             final_answer=answer,
@@ -519,8 +521,9 @@ class _Episode:
             )
 
 
-# A tool client answers a passed deadline itself (504 at the deadline); the loop's own cutoff is
-# a backstop a little later so the client's recorded outcome wins when both fire.
+# A tool client answers a passed deadline itself (504 at the deadline), and a local model stops
+# at it; the loop's own cutoff is a backstop a little later so the backend's recorded outcome
+# (what it sampled, what the call cost) wins when both fire.
 _CUTOFF_GRACE_S = 0.5
 
 
@@ -542,8 +545,3 @@ def _malformed_message(errors: list[str]) -> str:
         'Call a tool as <tool_call>{"name": "...", "arguments": {...}}</tool_call>, '
         "or reply without a tool call to give your final answer."
     )
-
-
-def _target(task: Task) -> str | None:
-    target = getattr(task, "target", None)  # TODO(lead): drop once Task.target lands
-    return target() if callable(target) else None

@@ -165,3 +165,10 @@ async def test_trajectory_records_the_offered_tools():
         make_task(TASK, seed=0).spec.tools
     )
     assert all("parameters" in t["function"] for t in traj.tools)
+
+
+async def test_trajectory_records_the_target():
+    from timely.policies.base import make_policy
+
+    traj = await _play(make_policy("scripted:oracle"))
+    assert traj.target == make_task(TASK, seed=0).target() is not None
