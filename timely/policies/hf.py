@@ -2,12 +2,15 @@
 
 ``HFPolicy`` runs any causal LM from transformers, by default the embedded SmolLM2-135M. It is the
 policy the trainer samples from, so besides text and parsed tool calls it returns what RL needs:
-the exact prompt and sampled token ids and the sampled tokens' log-probabilities. Concurrent
-``generate`` calls (episodes of an eval run, a GRPO group) are merged by a
-:class:`~timely.policies.batching.MicroBatcher` into one left-padded ``model.generate`` call in a
-worker thread. Each row of a batch keeps its own limits: a token cap (the policy's
-``max_new_tokens`` and the deadline's budget-derived cap) and, on a wall clock, a real-time end,
-so one late episode never stretches or cuts another.
+the exact prompt and sampled token ids and the sampled tokens' log-probabilities under the
+temperature-scaled distribution they were drawn from, before top-p truncation (the convention is
+in :mod:`timely.policies.logprobs`; :func:`~timely.policies.logprobs.recompute_logprobs`
+reproduces the values from the ids). Concurrent ``generate`` calls (episodes of an eval run, a
+GRPO group) are merged by a :class:`~timely.policies.batching.MicroBatcher` into one left-padded
+batch, decoded by :func:`~timely.policies.hf_generate.generate_rows` in a worker thread. Each row
+of a batch keeps its own limits: a token cap (the policy's ``max_new_tokens`` and the deadline's
+budget-derived cap) and, on a wall clock, a real-time end, so one late episode never stretches or
+cuts another.
 
 Determinism: greedy decoding (``temperature == 0``) gives the same tokens whatever the batch
 composition (up to float rounding of padded batches). Sampling is seeded per batch from the
@@ -25,19 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-
 from timely.clock import wall_seconds
 from timely.errors import ConfigError
 from timely.parsing import parse_tool_calls
 from timely.policies.base import Deadline, check_options, register_backend
 from timely.policies.batching import MicroBatcher
+from timely.policies.hf_generate import GeneratedRow, generate_rows
 from timely.policies.hf_models import EMBEDDED_MODEL, load_model
 from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format
 from timely.rng import derive_seed
@@ -58,16 +54,6 @@ class _Request:
     turn: int  # messages so far: makes tool-call ids unique and deterministic per episode
 
 
-@dataclass
-class GeneratedRow:
-    """One row of a batched generation: the sampled ids (stop token included) and why it ended."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    reason: str  # "stop" | "length" | "deadline"
-    ended: float = 0.0  # wall_seconds() when the batch holding this row finished
-
-
 class HFPolicy:
     """A transformers causal LM as a :class:`~timely.policies.base.Policy`.
 
@@ -75,10 +61,12 @@ class HFPolicy:
         model: a causal LM (eval mode is set here).
         tokenizer: its tokenizer, with a chat template.
         max_new_tokens: cap on new tokens per call (the deadline may lower it).
-        temperature: 0 for greedy decoding; otherwise sampling temperature.
-        top_p: nucleus sampling threshold (sampling only). Top-k is always off.
+        temperature: 0 for greedy decoding; otherwise sampling temperature. Recorded log-probs
+            are ``log_softmax(logits / temperature)`` of the sampled tokens.
+        top_p: nucleus sampling threshold (sampling only; it restricts which tokens may be
+            drawn but is not part of the recorded log-probs). Top-k is always off.
         seed: seeds sampling (per batch, with a batch counter).
-        max_batch_size: most concurrent calls merged into one ``model.generate``.
+        max_batch_size: most concurrent calls decoded as one batch.
         batch_window_s: real seconds the batcher waits for a batch to fill.
         tool_format: how tools reach the prompt, see :func:`timely.prompting.render_prompt`.
         name: the policy name in run records.
@@ -203,7 +191,7 @@ class HFPolicy:
     def _run_batch(
         self, requests: Sequence[_Request], abandoned: Callable[[int], bool]
     ) -> list[GeneratedRow]:
-        """Blocking: one ``model.generate`` for all rows (runs in a worker thread).
+        """Blocking: one batched decode for all rows (runs in a worker thread).
 
         Decoding and parsing happen back on the event loop, in :meth:`_completion`: a fast
         tokenizer must not be used from two threads at once.
@@ -246,132 +234,6 @@ class HFPolicy:
             prompt_token_ids=request.prompt_ids,
             logprobs=row.logprobs,
         )
-
-
-def generate_rows(
-    model: Any,
-    prompts: Sequence[list[int]],
-    *,
-    caps: Sequence[int],
-    wall_ends: Sequence[float | None],
-    abandoned: Callable[[int], bool],
-    pad_id: int,
-    stop_ids: Sequence[int],
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-) -> list[GeneratedRow]:
-    """One left-padded ``model.generate`` over ``prompts`` with per-row limits.
-
-    Each row's generated ids stop at (and include) its first stop token, or at its cap, or when
-    its wall end passes or its caller gives up. Log-probabilities are those of the distribution
-    each token was drawn from: the model's for greedy decoding, after temperature and top-p for
-    sampling.
-    """
-    device = model.device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention[i, width - len(prompt) :] = 1
-    limits = _RowLimits(width, caps, wall_ends, abandoned, stop_ids)
-    recorder = _LogprobRecorder()
-    sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sequences = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            max_new_tokens=max(caps),
-            eos_token_id=list(stop_ids),
-            pad_token_id=pad_id,
-            stopping_criteria=StoppingCriteriaList([limits]),
-            logits_processor=LogitsProcessorList([recorder]),
-            **sampling,
-        )
-    generated = sequences[:, width:].cpu()
-    logprobs = recorder.finish(sequences).cpu()
-    rows = []
-    for i in range(len(prompts)):
-        n = limits.length[i] if limits.length[i] is not None else generated.shape[1]
-        rows.append(
-            GeneratedRow(
-                token_ids=generated[i, :n].tolist(),
-                logprobs=logprobs[i, :n].tolist(),
-                reason=limits.reason[i] or "length",
-            )
-        )
-    return rows
-
-
-class _RowLimits(StoppingCriteria):
-    """Per-row stop conditions: stop token, token cap, wall end, abandoned caller."""
-
-    def __init__(
-        self,
-        prompt_width: int,
-        caps: Sequence[int],
-        wall_ends: Sequence[float | None],
-        abandoned: Callable[[int], bool],
-        stop_ids: Sequence[int],
-    ) -> None:
-        self.width = prompt_width
-        self.caps = list(caps)
-        self.wall_ends = list(wall_ends)
-        self.abandoned = abandoned
-        self.stop_ids = set(stop_ids)
-        self.length: list[int | None] = [None] * len(self.caps)
-        self.reason: list[str | None] = [None] * len(self.caps)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        n = input_ids.shape[1] - self.width
-        last = input_ids[:, -1].tolist()
-        now = wall_seconds()
-        for i, token in enumerate(last):
-            if self.reason[i] is not None:
-                continue
-            if token in self.stop_ids:
-                self.reason[i] = "stop"
-            elif n >= self.caps[i]:
-                self.reason[i] = "length"
-            elif ((end := self.wall_ends[i]) is not None and now >= end) or self.abandoned(i):
-                self.reason[i] = "deadline"
-            if self.reason[i] is not None:
-                self.length[i] = n
-        done = [r is not None for r in self.reason]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _LogprobRecorder(LogitsProcessor):
-    """Records each sampled token's log-probability with one step's distribution in memory.
-
-    Runs last among the logits processors, so it sees the distribution sampling uses. At step
-    k it learns which token step k-1 chose (the last input id) and looks it up in the
-    distribution kept from step k-1; :meth:`finish` does the same for the final token.
-    """
-
-    def __init__(self) -> None:
-        self._previous: torch.Tensor | None = None
-        self._chosen: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self._take(input_ids[:, -1])
-        self._previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def _take(self, tokens: torch.Tensor) -> None:
-        if self._previous is not None:
-            self._chosen.append(self._previous.gather(1, tokens[:, None]).squeeze(1))
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        self._take(sequences[:, -1])
-        self._previous = None
-        if not self._chosen:
-            return torch.zeros((sequences.shape[0], 0))
-        return torch.stack(self._chosen, dim=1)
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -29,16 +29,16 @@ def model(tok):
 
 
 @pytest.fixture
-def calls(model, monkeypatch):
-    """Counts model.generate calls and the batch size of each."""
+def calls(monkeypatch):
+    """Counts batched decodes (``generate_rows`` calls) and the batch size of each."""
     seen: list[int] = []
-    original = model.generate
+    original = hf.generate_rows
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
+    def spy(model, prompts, **kwargs):
+        seen.append(len(prompts))
+        return original(model, prompts, **kwargs)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(hf, "generate_rows", spy)
     return seen
 
 
@@ -212,14 +212,14 @@ def test_bad_settings_are_config_errors(model, tok):
 
 async def test_a_cancelled_caller_stops_its_row(model, tok, monkeypatch):
     lengths: list[int] = []
-    original = model.generate
+    original = hf.generate_rows
 
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
+    def spy(model, prompts, **kwargs):
+        rows = original(model, prompts, **kwargs)
+        lengths.append(len(rows[0].token_ids))
+        return rows
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(hf, "generate_rows", spy)
     policy = HFPolicy(model, tok, max_new_tokens=4000)
     task = asyncio.ensure_future(policy.generate(convo("a"), [], deadline=virtual()))
     await asyncio.sleep(0.05)
