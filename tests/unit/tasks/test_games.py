@@ -143,12 +143,16 @@ async def test_episodes_run_concurrently_and_teardown_frees_the_game():
     assert all(app.state.tool_server.sessions.get(f"ep-{i}") is None for i in range(3))
 
 
-async def test_a_session_left_over_by_an_interrupted_run_is_replaced():
+async def test_a_session_left_over_by_an_interrupted_run_is_left_alone():
     app = create_app(ServerConfig(latency="constant:1.0"))
     async with ToolClient.in_process(app) as tools:
         await tools.create_session("ep-resumed")  # what a killed run leaves on a live server
-    traj = await play(make_task(TREASURE, seed=9), app=app, session_id="ep-resumed")
-    assert traj.score == 1.0 and app.state.tool_server.sessions.get("ep-resumed") is None
+    # A fresh episode gets its own session and never ends the leftover (it could be live).
+    traj = await play(make_task(TREASURE, seed=9), app=app)
+    assert traj.score == 1.0 and app.state.tool_server.sessions.get("ep-resumed") is not None
+    # Reusing a live id explicitly is refused rather than taking the other game over.
+    refused = await play(make_task(TREASURE, seed=9), app=app, session_id="ep-resumed")
+    assert refused.score == 0.0 and "already live" in (refused.error or "")
 
 
 # -- TextWorld ------------------------------------------------------------------------------------
