@@ -1,0 +1,171 @@
+"""Typed configs of the training stages: cold-start data, SFT, Timely-RL, and the final eval.
+
+``timely-rl --config configs/train/smollm2_cpu.yaml stage=all rl.steps=20`` resolves a
+:class:`TrainConfig` (defaults < YAML < ``key=value`` overrides; unknown keys fail with a
+did-you-mean). Every stage's run directory records the resolved config it ran with.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from timely.reward import RewardConfig
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraSettings(_Frozen):
+    """LoRA through peft: the default, so the shipped artifact is a few MB."""
+
+    r: int = Field(16, ge=1, description="Rank of the low-rank update.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (update x alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        description="Linear layers that get an adapter (names in the Llama family).",
+    )
+
+
+class DataConfig(_Frozen):
+    """Cold-start data: budget-aware scripted experts played through ``run_episode``."""
+
+    tasks: tuple[str, ...] = Field(
+        ("math/arithmetic-v1", "math/word-problems-v1", "games/treasure-v1"),
+        description="Task ids whose train split is played.",
+    )
+    episodes_per_task: int = Field(160, ge=1, description="Expert episodes per task.")
+    expert: str = Field("scripted:budget-aware", description="The expert policy spec.")
+    budget_multipliers: tuple[float, float] = Field(
+        (0.5, 3.0),
+        description="Budgets are drawn log-uniformly in this range times the expert's "
+        "unconstrained time on the same instance.",
+    )
+    no_limit_share: float = Field(
+        0.2, ge=0, le=1, description="Share of episodes with no time limit shown or enforced."
+    )
+    latencies: tuple[str, ...] = Field(
+        ("constant:0.2", "constant:1.0", "lognormal:2.0,0.5"),
+        description="Tool latency specs, one drawn per episode.",
+    )
+    time_modes: tuple[Literal["push", "pull", "both"], ...] = Field(
+        ("push", "pull", "both"), description="Time-status modes, one drawn per episode."
+    )
+    speed: str = Field("smollm2-cpu", description="Speed profile charging generation time.")
+    keep: Literal["on_time", "all"] = Field(
+        "on_time",
+        description="on_time: keep only answered, on-time episodes (what to imitate); all: keep "
+        "every episode.",
+    )
+    seed: int = Field(0, description="Seeds budgets, latencies, modes and instance order.")
+
+
+class SFTConfig(_Frozen):
+    """Supervised fine-tuning on the cold-start data, loss on sampled (assistant) tokens only."""
+
+    model: str = Field("smollm2-135m", description="Base model: the embedded one or a directory.")
+    lora: LoraSettings | None = Field(
+        default_factory=LoraSettings, description="LoRA settings; null for full fine-tuning."
+    )
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (linear warmup, cosine decay).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the data.")
+    batch_size: int = Field(8, ge=1, description="Sequences per optimizer step (micro x accum).")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass.")
+    max_length: int = Field(1024, ge=64, description="Longer examples are dropped, not cut.")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
+    save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
+    seed: int = Field(0, description="Seeds data order and adapter init.")
+
+
+class RLConfig(_Frozen):
+    """Timely-RL: GRPO-family RL with the budget-aware reward, rollouts through the one loop."""
+
+    tasks: tuple[str, ...] = Field(
+        ("math/arithmetic-v1", "games/treasure-v1"), description="Train-split tasks."
+    )
+    steps: int = Field(40, ge=1, description="Optimizer batches (rollout + update rounds).")
+    prompts_per_step: int = Field(2, ge=1, description="Task instances per batch.")
+    group_size: int = Field(8, ge=2, description="Rollouts per instance (G; 8 in the paper).")
+    budget_multipliers: tuple[float, float] = Field(
+        (0.5, 3.0),
+        description="Per-prompt budget range, times the expert's unconstrained time.",
+    )
+    no_limit_share: float = Field(0.1, ge=0, le=1, description="Share of prompts without limit.")
+    speed_factor: tuple[float, float] = Field(
+        (0.7, 1.5),
+        description="Per-sample generation slow-down drawn in this range (virtual clock), so "
+        "the policy must read the clock rather than count turns.",
+    )
+    latencies: tuple[str, ...] = Field(("constant:0.2", "constant:1.0", "lognormal:2.0,0.5"))
+    time_modes: tuple[Literal["push", "pull", "both"], ...] = Field(("push", "pull", "both"))
+    speed: str = Field("smollm2-cpu", description="Base speed profile of the virtual clock.")
+    clock: Literal["virtual", "wall"] = Field("virtual", description="Rollout clock.")
+    reward: RewardConfig = Field(
+        default_factory=lambda: RewardConfig(variant="paper"),
+        description="The reward: the paper shape with the sin budget-use bonus by default "
+        "(reward.bonus_shape=linear or step for the ablation).",
+    )
+    time_reward: bool = Field(
+        True,
+        description="False: the paper's ablation, plain correctness (score, late answers "
+        "included) with no time term.",
+    )
+    max_turns: int = Field(8, ge=1, description="Model turns per rollout.")
+    max_new_tokens: int = Field(96, ge=1, description="Tokens per model turn.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    lr: float = Field(5e-5, gt=0, description="Learning rate (constant after warmup).")
+    warmup_steps: int = Field(2, ge=0)
+    updates_per_batch: int = Field(2, ge=1, description="Optimizer passes over each batch (mu).")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass.")
+    loss: Literal["grpo", "dr_grpo", "dapo"] = Field(
+        "grpo",
+        description="grpo: std-normalised advantages, per-sequence mean; dr_grpo: no std "
+        "normalisation, sum over tokens / a constant; dapo: token-level mean, asymmetric clip.",
+    )
+    clip_low: float = Field(0.2, gt=0, description="Lower clip epsilon of the ratio.")
+    clip_high: float = Field(0.28, gt=0, description="Upper clip epsilon (dapo; others: low).")
+    beta: float = Field(0.0, ge=0, description="KL weight to the reference (k3); 0: off.")
+    grad_clip: float = Field(1.0, gt=0)
+    save_every: int = Field(5, ge=1, description="Checkpoint every N batches.")
+    seed: int = Field(0)
+
+
+class EvalStageConfig(_Frozen):
+    """The held-out evaluation each stage ends with (test split, Timely-Eval's runner)."""
+
+    tasks: tuple[str, ...] = Field(("math/arithmetic-v1", "games/treasure-v1"))
+    seeds: int = Field(20, ge=1, description="Test instances per task.")
+    budget_multipliers: tuple[float, ...] = Field(
+        (0.75, 1.0, 2.0), description="Relative budgets (the reference protocol)."
+    )
+    latencies: tuple[str, ...] = Field(("constant:0.2", "constant:1.0"))
+    enabled: bool = Field(True, description="Run it at the end of each stage.")
+
+
+class TrainConfig(_Frozen):
+    """``timely-rl``: the whole chain. ``stage=all`` runs data -> sft -> rl -> eval."""
+
+    stage: Literal["data", "sft", "rl", "all"] = Field("all", description="What to run.")
+    out: str = Field("runs/train", description="Root directory; each stage writes a subdir.")
+    init: str | None = Field(
+        None,
+        description="RL only: an adapter/model directory to start from (default: the SFT "
+        "stage's output under out/, else the base model).",
+    )
+    threads: int = Field(2, ge=1, description="torch CPU threads.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    eval: EvalStageConfig = Field(default_factory=EvalStageConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.sft.batch_size % self.sft.micro_batch_size:
+            raise ValueError("sft.batch_size must be a multiple of sft.micro_batch_size")
+        return self
