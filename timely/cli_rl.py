@@ -1,24 +1,111 @@
-"""The ``timely-rl`` launcher.
+"""The ``timely-rl`` launcher: cold-start SFT and Timely-RL on the embedded model, one command.
 
-Training (cold-start SFT, Timely-RL on CPU and the verl backend) lands with the training issue;
-today the launcher inspects the budget-aware reward that both eval and RL use.
+    timely-rl --config configs/train/smollm2_cpu.yaml [stage=sft|rl|all] [key=value ...]
+    timely-rl --config configs/train/smollm2_cpu.yaml --dry-run rl.steps=5
+    timely-rl reward --variant paper          # print the reward curve
+    timely-rl ship runs/train                 # ship the RL adapter as hf:smollm2-135m-timely
+    timely-rl results runs/train              # rewrite results.md (and docs/) from the eval
+
+The training command is the composition root of :mod:`timely.train`; it holds no logic.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from timely.errors import ConfigError
+
 app = typer.Typer(
     name="timely-rl",
-    help="Timely-RL: budget-aware RL for agents. Today: inspect the reward shape "
-    "(`timely-rl reward --variant paper`). Training commands arrive with the training issue.",
+    help="Timely-RL tools: the reward curve, shipping an adapter, the results page. Training "
+    "itself is `timely-rl --config FILE [key=value ...]` (see `timely-rl --help`).",
     no_args_is_help=True,
     add_completion=False,
 )
+
+SUBCOMMANDS = ("reward", "ship", "results")
+
+TRAIN_HELP = """\
+Train a budget-aware agent: cold-start data -> SFT -> Timely-RL -> held-out eval.
+
+Each stage writes a run directory under OUT (data/, sft/, rl/, rl-notime/, eval/) with the
+resolved config, versions, seeds, checkpoints, metrics.jsonl and PNG curves; a killed run
+continues where it stopped when the same command is run again.
+
+Keys that matter (key=value overrides; dotted paths into the config):
+  stage=all|data|sft|rl|ablation|eval   what to run (all: every stage in order)
+  out=runs/train                        root of the stage directories
+  data.tasks=[math/arithmetic-v1,...]   train-split tasks the experts play
+  data.episodes_per_task=160            expert episodes per task
+  data.budget_multipliers=[0.5,3.0]     budgets x the expert's unconstrained time
+  sft.epochs=2  sft.lr=3e-4  sft.lora.r=8  sft.lora=null (full fine-tuning)
+  rl.steps=40  rl.group_size=8  rl.prompts_per_step=2  rl.loss=grpo|dr_grpo|dapo
+  rl.reward.bonus_shape=sin|linear|step  rl.time_reward=false (the ablation)
+  rl.beta=0.0 (KL to the reference)  rl.updates_per_batch=2  rl.clock=virtual|wall
+  eval.seeds=20  eval.budget_multipliers=[0.75,1,2]  eval.latencies=[...]
+  ablation=true                         stage=all also trains RL without the time reward
+Unknown keys fail with a did-you-mean. Other commands: timely-rl reward | ship | results.
+"""
+
+
+def train_main(argv: list[str]) -> int:
+    """``timely-rl [--config FILE] [--dry-run] [--backend local] [key=value ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="timely-rl",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML config, e.g. configs/train/smollm2_cpu.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="Print the resolved config.")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "verl"),
+        default="local",
+        help="local: the CPU trainer here; verl: reserved for the GPU scale-out backend.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    console = Console(stderr=True)
+    from timely.config import dump_yaml, load_config
+    from timely.train.config import TrainConfig
+
+    try:
+        for item in args.overrides:
+            if "=" not in item:
+                raise ConfigError(
+                    f"{item!r} is neither a command ({', '.join(SUBCOMMANDS)}) nor a key=value "
+                    "override; see `timely-rl --help`"
+                )
+        config = load_config(TrainConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if args.backend == "verl":
+        console.print(
+            "[red]error:[/] the verl backend is not part of this release yet; use "
+            "--backend local (the CPU trainer)"
+        )
+        return 2
+    if args.dry_run:
+        print(dump_yaml(config), end="")
+        return 0
+    from timely.train.pipeline import run_chain
+
+    try:
+        done = run_chain(config)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to continue")
+        return 130
+    for stage, path in done.items():
+        console.print(f"{stage}: {path}")
+    return 0
 
 
 @app.callback()
@@ -58,8 +145,46 @@ def reward(
     Console().print(table)
 
 
-def main() -> None:
-    app()
+@app.command()
+def ship(
+    run: Annotated[Path, typer.Argument(help="The training root (holds rl/adapter).")],
+    stage: Annotated[str, typer.Option(help="Which stage's adapter: rl, sft, rl-notime.")] = "rl",
+    name: Annotated[str, typer.Option(help="Shipped adapter name.")] = "smollm2-135m-timely",
+) -> None:
+    """Copy a trained adapter into the package (float16), as policy ``hf:NAME``."""
+    from timely.train.ship import ship_adapter
+
+    path = ship_adapter(run / stage / "adapter", name)
+    Console().print(f"shipped {run / stage / 'adapter'} → {path} (policy hf:{name})")
+
+
+@app.command()
+def results(
+    run: Annotated[Path, typer.Argument(help="The training root (holds eval/run).")],
+    docs: Annotated[
+        Path | None, typer.Option(help="Also copy results.md and figure3.png here.")
+    ] = None,
+) -> None:
+    """Rewrite ``eval/results.md`` and ``eval/figure3.png`` from the eval's trajectories."""
+    from timely.registry import load_object
+
+    write = load_object("timely_eval.training:write_results")
+    path = write(run / "eval")
+    if docs is not None:
+        import shutil
+
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, docs)
+        shutil.copyfile(path.with_name("figure3.png"), docs.with_name("figure3.png"))
+    Console().print(f"wrote {path}" + (f" and {docs}" if docs else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        app(argv)
+    else:
+        sys.exit(train_main(argv))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ from typing import Any
 from timely.errors import PolicyError
 
 EMBEDDED_MODEL = "smollm2-135m"
+# Named models that are the embedded base plus a LoRA adapter shipped inside the package.
+SHIPPED_ADAPTERS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-timely": (EMBEDDED_MODEL, "smollm2-135m-timely"),
+}
+_ADAPTER_ROOT = Path(__file__).resolve().parent.parent / "adapters"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SOURCE_FILE = "timely-source.json"  # what the cached copy was built from
 
@@ -64,22 +69,33 @@ def embedded_gguf_path() -> Path:
 
 
 def load_model(
-    name_or_path: str = EMBEDDED_MODEL, *, cache_dir: str | Path | None = None
+    name_or_path: str = EMBEDDED_MODEL,
+    *,
+    cache_dir: str | Path | None = None,
+    adapter: str | Path | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in eval mode, sharing one copy per process.
 
     Args:
-        name_or_path: ``"smollm2-135m"`` for the embedded model; otherwise an HF model
-            directory (or a hub id, for users with network access).
+        name_or_path: ``"smollm2-135m"`` for the embedded model, ``"smollm2-135m-timely"`` for
+            it with the shipped budget-aware adapter; otherwise an HF model directory (or a
+            hub id, for users with network access).
         cache_dir: where the embedded model's converted copy lives; default
             ``cache_root() / "models" / "smollm2-135m"``.
+        adapter: a peft (LoRA) adapter directory to merge into a copy of the base model; the
+            shared base stays untouched.
 
     Returns:
         The causal LM (float32, on CPU, ``requires_grad`` untouched) and its tokenizer.
 
     Raises:
-        PolicyError: the model cannot be found or loaded.
+        PolicyError: the model or adapter cannot be found or loaded.
     """
+    if name_or_path in SHIPPED_ADAPTERS:
+        if adapter is not None:
+            raise PolicyError(f"{name_or_path} already carries its adapter; pass the base model")
+        name_or_path, shipped = SHIPPED_ADAPTERS[name_or_path]
+        adapter = shipped_adapter_path(shipped)
     key = name_or_path if name_or_path == EMBEDDED_MODEL else str(Path(name_or_path).expanduser())
     with _load_lock:
         if key not in _loaded:
@@ -92,7 +108,54 @@ def load_model(
                     model, tokenizer = _load_hf(key)
             model.eval()
             _loaded[key] = (model, tokenizer)
-        return _loaded[key]
+        if adapter is None:
+            return _loaded[key]
+        adapted = f"{key}+{Path(adapter).expanduser().resolve()}"
+        if adapted not in _loaded:
+            base, tokenizer = _loaded[key]
+            _loaded[adapted] = (merge_adapter(base, adapter), tokenizer)
+        return _loaded[adapted]
+
+
+def shipped_adapter_path(name: str) -> Path:
+    """The directory of an adapter shipped in the package (``timely/adapters/NAME``).
+
+    Raises:
+        PolicyError: it is not there (a source checkout without the trained adapter).
+    """
+    path = _ADAPTER_ROOT / name
+    if not (path / "adapter_config.json").is_file():
+        raise PolicyError(
+            f"the shipped adapter {name!r} is missing from {_ADAPTER_ROOT}; train one with "
+            "`timely-rl --config configs/train/smollm2_cpu.yaml` and ship it with "
+            "`timely-rl ship RUN_DIR`"
+        )
+    return path
+
+
+def merge_adapter(base: Any, adapter: str | Path) -> Any:
+    """A copy of ``base`` with the LoRA ``adapter`` merged into its weights (fast to run).
+
+    Raises:
+        PolicyError: the adapter directory is not a peft adapter for this model.
+    """
+    import copy
+
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise PolicyError(
+            f"{path} is not a peft adapter directory (no adapter_config.json); pass the "
+            "`adapter` directory a timely-rl stage wrote"
+        )
+    try:
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(path))
+        merged = peft_model.merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise PolicyError(f"could not apply adapter {path} to the base model: {e}") from e
+    merged.eval()
+    return merged
 
 
 def convert_gguf(gguf_path: str | Path) -> tuple[Any, Any]:

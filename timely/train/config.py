@@ -151,7 +151,14 @@ class EvalStageConfig(_Frozen):
 class TrainConfig(_Frozen):
     """``timely-rl``: the whole chain. ``stage=all`` runs data -> sft -> rl -> eval."""
 
-    stage: Literal["data", "sft", "rl", "all"] = Field("all", description="What to run.")
+    stage: Literal["data", "sft", "rl", "ablation", "eval", "all"] = Field(
+        "all",
+        description="What to run: one stage, or all of them in order (data, sft, rl, the "
+        "ablation when enabled, eval).",
+    )
+    ablation: bool = Field(
+        True, description="stage=all also trains RL without the time reward (rl-notime/)."
+    )
     out: str = Field("runs/train", description="Root directory; each stage writes a subdir.")
     init: str | None = Field(
         None,

@@ -1,0 +1,54 @@
+"""Shipping a trained adapter inside the package, so ``hf:smollm2-135m-timely`` needs no training.
+
+The adapter is stored in float16 (half the size; LoRA updates lose nothing that matters at this
+scale) under ``timely/adapters/NAME/`` with peft's ``adapter_config.json`` and a short card
+saying where it came from. :func:`timely.policies.hf_models.load_model` merges it into a copy of
+the embedded base model when the policy is built.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from timely.policies.hf_models import _ADAPTER_ROOT
+
+
+def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None) -> Path:
+    """Copy ``adapter_dir`` (a peft adapter) to ``timely/adapters/NAME`` in float16.
+
+    Raises:
+        FileNotFoundError: ``adapter_dir`` holds no peft adapter.
+    """
+    from safetensors.torch import load_file, save_file
+
+    src = Path(adapter_dir)
+    weights = src / "adapter_model.safetensors"
+    if not (src / "adapter_config.json").is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{src} holds no peft adapter (adapter_config.json + adapter_model.safetensors); "
+            "train one first: timely-rl --config configs/train/smollm2_cpu.yaml"
+        )
+    dest = (root or _ADAPTER_ROOT) / name
+    tmp = dest.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.half().contiguous() for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    shutil.copyfile(src / "adapter_config.json", tmp / "adapter_config.json")
+    provenance = {"source": str(src), "tensors": len(tensors), "dtype": "float16"}
+    for record in ("manifest.json", "config.yaml"):
+        path = src.parent / record
+        if path.is_file():
+            shutil.copyfile(path, tmp / f"training-{record}")
+    (tmp / "README.md").write_text(
+        f"# {name}\n\nA LoRA adapter for the embedded SmolLM2-135M-Instruct, trained with "
+        "`timely-rl` (cold-start SFT on time-aware expert trajectories, then Timely-RL with "
+        "the budget-aware reward). Use it as policy `hf:" + name + "`. The training run's "
+        "config and manifest are in `training-*`; docs/results.md has its evaluation.\n\n"
+        f"```json\n{json.dumps(provenance, indent=1)}\n```\n"
+    )
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
