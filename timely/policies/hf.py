@@ -26,6 +26,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from timely.clock import wall_seconds
@@ -264,6 +265,7 @@ _HF_OPTIONS = (
     "tool_format",
     "name",
     "cache_dir",
+    "adapter",
 )
 
 
@@ -276,11 +278,19 @@ def hf_backend(spec: str = EMBEDDED_MODEL, **options: Any) -> HFPolicy:
     Args:
         spec: ``"smollm2-135m"`` (the default) or an HF model directory / hub id.
         **options: any of ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
-            ``max_batch_size``, ``batch_window_s``, ``tool_format``, ``name``, ``cache_dir``.
+            ``max_batch_size``, ``batch_window_s``, ``tool_format``, ``name``, ``cache_dir``,
+            ``adapter`` (a peft LoRA directory merged into a copy of the model).
     """
     check_options(f"hf:{spec}", options, _HF_OPTIONS)
     spec = spec or EMBEDDED_MODEL
     cache_dir = options.pop("cache_dir", None)
-    model, tokenizer = load_model(spec, cache_dir=cache_dir)
-    options.setdefault("name", f"hf:{spec}")
+    adapter = options.pop("adapter", None)
+    model, tokenizer = load_model(spec, cache_dir=cache_dir, adapter=adapter)
+    options.setdefault("name", f"hf:{spec}" + (f"+{_adapter_tag(adapter)}" if adapter else ""))
     return HFPolicy(model, tokenizer, **options)
+
+
+def _adapter_tag(adapter: str | Path) -> str:
+    """A readable name for an adapter directory (``runs/train/rl/adapter`` -> ``rl``)."""
+    path = Path(adapter)
+    return path.parent.name if path.name == "adapter" else path.name
