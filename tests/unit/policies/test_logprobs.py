@@ -9,20 +9,14 @@ hold earlier sampled ids, tool results and time status, and batches are left-pad
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
-from tests.helpers.env import in_process_tools
+from tests.helpers.episodes import play_calculator
 from tests.helpers.scripted_model import scripted_model, tool_then_answer
 from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
-from timely.budget import Budget
-from timely.clock import VirtualClock
-from timely.loop import EpisodeOptions, run_episode
 from timely.policies.hf import HFPolicy
 from timely.policies.logprobs import recompute_logprobs, sample_next, top_p_mask
-from timely.task import make_task
 from timely.types import Trajectory
 
 TEMPERATURE = 0.7
@@ -48,25 +42,6 @@ def model(tok):
     return scripted_model(tiny_model(len(tok)), tok, tool_then_answer("6*7", "42+1"))
 
 
-async def play(policy: HFPolicy, seeds: list[int], max_turns: int = 4) -> list[Trajectory]:
-    """Concurrent episodes of the calculator task, time status pushed after each tool result."""
-    options = EpisodeOptions(time="push", max_turns=max_turns)
-    async with in_process_tools("constant:1.0") as tools:
-        return await asyncio.gather(
-            *[
-                run_episode(
-                    policy,
-                    make_task("math/arithmetic-v1", seed=seed),
-                    tools,
-                    VirtualClock(),
-                    Budget(seconds=600),
-                    options=options,
-                )
-                for seed in seeds
-            ]
-        )
-
-
 def max_recompute_error(model, trajectories: list[Trajectory], temperature: float) -> float:
     worst = 0.0
     for traj in trajectories:
@@ -86,7 +61,7 @@ def assert_multi_turn_with_tools(tok, traj: Trajectory) -> None:
 
 async def test_multi_turn_tool_episode_logprobs_match_recompute(model, tok):
     policy = HFPolicy(model, tok, max_new_tokens=120, temperature=TEMPERATURE, top_p=0.9, seed=1)
-    (traj,) = await play(policy, [0])
+    (traj,) = await play_calculator(policy, [0])
     assert_multi_turn_with_tools(tok, traj)
     assert traj.n_tool_calls >= 1
     first = traj.steps[0]
@@ -101,7 +76,7 @@ async def test_multi_turn_tool_episode_logprobs_match_recompute(model, tok):
 
 async def test_batched_left_padded_episodes_match_recompute(model, tok):
     policy = HFPolicy(model, tok, max_new_tokens=120, temperature=TEMPERATURE, batch_window_s=0.2)
-    trajectories = await play(policy, [0, 1, 2])
+    trajectories = await play_calculator(policy, [0, 1, 2])
     assert max(policy.batcher.batch_sizes) == 3
     first_prompts = {len(t.steps[0].prompt_token_ids) for t in trajectories}
     assert len(first_prompts) > 1  # rows of one batch had different lengths: left padding
@@ -112,7 +87,7 @@ async def test_batched_left_padded_episodes_match_recompute(model, tok):
 
 async def test_greedy_records_the_unscaled_distribution(model, tok):
     policy = HFPolicy(model, tok, max_new_tokens=120, batch_window_s=0.2)
-    trajectories = await play(policy, [0, 1], max_turns=2)
+    trajectories = await play_calculator(policy, [0, 1], max_turns=2)
     assert max_recompute_error(model, trajectories, 0.0) <= TOLERANCE
     step = trajectories[0].steps[0]
     ids = torch.tensor([step.prompt_token_ids + step.token_ids])
