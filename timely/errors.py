@@ -27,6 +27,10 @@ class TaskError(TimelyError):
     """A task was asked for something it cannot do (unknown id, bad seed, ...)."""
 
 
+class TrainingDataError(TimelyError, ValueError):
+    """A trajectory cannot be turned into training data (e.g. it has no token records)."""
+
+
 class BudgetExceeded(TimelyError):
     """A call would run past the episode's budget."""
 
