@@ -79,6 +79,9 @@ def run(
         str | None, typer.Option("--tool-server", help="URL of a running tool server.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-step trace.")] = False,
+    live: Annotated[
+        bool, typer.Option("--live", help="Print each step as it happens (from step events).")
+    ] = False,
 ) -> None:
     """Play episodes of a task with a policy, print a trace, write trajectories.jsonl."""
     from timely.config import RunConfig, load_config
@@ -110,7 +113,19 @@ def run(
     show = (lambda t: print_trace(t, console)) if not quiet else None
     if cfg.policy.startswith("hf:"):
         console.print("loading model (the first load of the embedded model takes ~15 s)…")
-    result = asyncio.run(run_episodes(cfg, on_episode=show))
+    observer = None
+    if live:
+        from timely.trace import live_line
+
+        def observer(seed: int):
+            def show_event(event) -> None:
+                if (line := live_line(seed, event)) is not None:
+                    console.print(line)
+
+            return show_event
+
+        show = None  # the live lines are the trace
+    result = asyncio.run(run_episodes(cfg, on_episode=show, observer=observer))
     if len(result.trajectories) > 1:
         console.print(summary_table(result.trajectories))
     console.print(f"wrote {result.run_dir / 'trajectories.jsonl'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from timely.clock import make_clock
 from timely.config import RunConfig, config_hash
+from timely.events import Observer
 from timely.loop import run_episode
 from timely.policies.base import Policy, make_policy
 from timely.runrecord import write_run_record
@@ -60,6 +61,7 @@ async def run(
     *,
     policy: Policy | None = None,
     on_episode: Callable[[Trajectory], None] | None = None,
+    observer: Callable[[int], Observer] | None = None,
 ) -> RunResult:
     """Run ``config.episodes`` episodes and write the run directory.
 
@@ -67,6 +69,7 @@ async def run(
         config: the resolved run config.
         policy: an already built policy (otherwise built from ``config.policy``).
         on_episode: called with each trajectory as it finishes (progress, traces).
+        observer: ``seed -> observer`` for each episode's step events (live traces).
     """
     seeds = [config.seed + i for i in range(config.episodes)]
     run_dir = write_run_record(config.out, config, seeds=seeds)
@@ -100,6 +103,7 @@ async def run(
                     make_clock(config.clock),
                     config.budget.for_task(task.spec.default_budget_s),
                     options=config.episode,
+                    observer=observer(seed) if observer else None,
                     config_hash=chash,
                     latency=config.latency,
                 )

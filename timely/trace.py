@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -101,3 +102,30 @@ def summary_table(trajectories: Iterable[Trajectory]) -> Table:
             f"{t.reward:.3f}",
         )
     return table
+
+
+def live_line(seed: int, event: Any) -> str | None:
+    """One line of a live trace for a step event (None for events not worth a line)."""
+    head = f"[dim]seed {seed} · {event.at:7.2f}s[/dim]"
+    kind = event.type
+    if kind == "episode_started":
+        return f"{head} start · budget {event.budget_s:g}s · tools {', '.join(event.tools)}"
+    if kind == "generation_finished":
+        calls = ", ".join(c.name for c in event.tool_calls)
+        said = _short(event.text, 70).replace("[", "\\[") or "(no text)"
+        return (
+            f"{head} turn {event.turn}: {event.completion_tokens} tok in {event.gen_s:.2f}s"
+            f" ({event.finish_reason}) → {calls or said}"
+        )
+    if kind == "tool_result":
+        r = event.result
+        status = f"[red]{r.error}[/red]" if r.error else "ok"
+        fault = f" fault={r.fault}" if r.fault else ""
+        return f"{head}   {r.name} {status} in {event.tool_s:.2f}s{fault}"
+    if kind == "episode_ended":
+        verdict = "[red]cut off[/red]" if event.cut_off else str(event.end_reason)
+        return (
+            f"{head} {verdict} · score {event.score:.2f} · "
+            f"{'on time' if event.compliant else 'NOT on time'} · reward {event.reward:.3f}"
+        )
+    return None

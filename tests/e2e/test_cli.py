@@ -104,3 +104,15 @@ def test_bad_input_gets_a_clear_error(tmp_path, args, message):
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stdout + res.stderr
     assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_run_live_prints_steps_as_they_happen(tmp_path):
+    res = timely(
+        "run", "--task", "math/arithmetic", "--policy", "scripted:oracle", "--budget", "30",
+        "--latency", "constant:1.0", "--live", "--out", str(tmp_path / "live"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert any("start · budget 30s" in line for line in lines)
+    assert any("calculator ok in 1.00s" in line for line in lines)
+    assert any("answered · score 1.00 · on time" in line for line in lines)
