@@ -7,7 +7,7 @@ did-you-mean). Every stage's run directory records the resolved config it ran wi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,8 +37,29 @@ class DataConfig(_Frozen):
         ("math/arithmetic-v1", "math/word-problems-v1", "games/treasure-v1"),
         description="Task ids whose train split is played.",
     )
+    task_options: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"games/treasure-v1": {"difficulty": 1}},
+        description="make_task options per task id. Treasure difficulty 1 (3-9 moves) keeps an "
+        "episode near 1.6k-2.2k tokens; its nine tool schemas alone are about 1k.",
+    )
     episodes_per_task: int = Field(160, ge=1, description="Expert episodes per task.")
     expert: str = Field("scripted:budget-aware", description="The expert policy spec.")
+    expert_options: dict[str, Any] = Field(
+        default_factory=lambda: {"safety": 2.0},
+        description="Options of the expert policy. safety=2.0 (the scripted default is 1.5) "
+        "leaves a whole step for the answer turn, so short budgets end in early answers, not "
+        "cut-offs.",
+    )
+    clock_every: int = Field(
+        2,
+        ge=0,
+        description="Pull mode: the expert calls get_duration after every N tool results, and "
+        "before it answers early when a turn fits; 0: never.",
+    )
+    reward: RewardConfig = Field(
+        default_factory=lambda: RewardConfig(variant="paper"),
+        description="The reward recorded per example (the RL stage's shape); keep= ignores it.",
+    )
     budget_multipliers: tuple[float, float] = Field(
         (0.5, 3.0),
         description="Budgets are drawn log-uniformly in this range times the expert's "

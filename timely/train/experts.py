@@ -1,0 +1,157 @@
+"""Budget-aware experts for cold-start data, played through the one loop over drawn settings.
+
+The expert is ``scripted:budget-aware``: it replays a task's reference solution and, when the
+next step would not fit in the time left, answers with the best partial result it has
+(:attr:`~timely.task.ScriptedSolution.fallback_answers`). Two things about it matter for data:
+
+* **Its safety margin.** It stops when less than ``safety`` x its average step time is left. At
+  the scripted default (1.5) the answer turn itself often does not fit - with the embedded
+  model's speed profile a turn's prefill costs as much as a fast tool call - so short budgets end
+  in cut-offs rather than answers. ``DataConfig.expert_options`` sets 2.0, which leaves a whole
+  step for the answer: at 0.5x-1x of its unconstrained time the expert then answers early in
+  almost every episode instead of being cut off.
+* **Reading the clock.** The scripted policy reads the time from its deadline, which a model never
+  sees. Where the time is pushed after each tool result the conversation shows the model what
+  the expert knew; where it is only *pulled* (``get_duration``), it would not. So in pull mode
+  :class:`ClockReadingExpert` makes the expert call ``get_duration`` every few steps and, where
+  one more turn fits, before it stops early: most early answers then follow a clock reading the
+  model can see (measured on the default settings: about 80%; the rest had no time left for one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from timely.budget import GET_DURATION_TOOL
+from timely.policies.base import Deadline, Policy, bind_policy, make_policy
+from timely.policies.scripted import prompt_chars
+from timely.prompting import CHARS_PER_TOKEN
+from timely.types import Completion, Message, ToolCall
+
+if TYPE_CHECKING:
+    from timely.task import Task
+
+CLOCK_TEXT = "Let me check the time."
+# An early stop reads the clock first when this many average turns are left. A clock read costs
+# one generation but no tool latency, so it fits where a full step would not; 1.2 measured: 2 in
+# 60 pull-mode treasure episodes were cut off by the extra turn, against 1 in 3 early answers
+# without a visible reading at 2.0.
+ROOM_TURNS = 1.2
+
+
+class ClockReadingExpert:
+    """A scripted expert that calls the clock tool every ``every`` tool results, and before it
+    stops early, so its decisions follow what the conversation shows.
+
+    The inner expert plays on the conversation without the clock turns (it counts tool results
+    to know where it is in its script); its reply is then either returned or replaced by a
+    ``get_duration`` call. An early stop is preceded by a clock read only when there is room
+    for one more turn (``ROOM_TURNS`` x the average turn so far), else the expert answers at once.
+
+    Args:
+        inner: a scripted policy (unbound or bound).
+        every: tool results between clock reads; 0 never reads (then it is ``inner``).
+        task: the task being played (set by ``bind``).
+    """
+
+    def __init__(self, inner: Policy, *, every: int, task: Task | None = None) -> None:
+        self.inner, self.every, self.task = inner, every, task
+        self.name = inner.name
+        self._started_at: float | None = None
+
+    def bind(self, task: Task) -> ClockReadingExpert:
+        return ClockReadingExpert(bind_policy(self.inner, task), every=self.every, task=task)
+
+    async def generate(
+        self, messages: list[Message], tools: list[dict[str, Any]], *, deadline: Deadline
+    ) -> Completion:
+        if self._started_at is None:
+            self._started_at = deadline.clock.now()
+        offered = {t["function"]["name"] for t in tools}
+        if self.every <= 0 or GET_DURATION_TOOL not in offered:
+            return await self.inner.generate(messages, tools, deadline=deadline)
+        work = without_clock_turns(messages)
+        completion = await self.inner.generate(work, tools, deadline=deadline)
+        # The inner expert counted the prompt without the clock turns; the model sees them.
+        completion = completion.model_copy(
+            update={"prompt_tokens": _prompt_tokens(messages, tools)}
+        )
+        since = _results_since_clock(messages)
+        if since == 0:  # the start, or the clock was just read: decide on what it said
+            return completion
+        if completion.tool_calls:
+            return self._read_clock(messages, tools) if since >= self.every else completion
+        assert self.task is not None  # bound by the loop
+        done = sum(1 for m in work if m.role == "tool")
+        early = done < len(self.task.solution().calls)
+        if early and self._room_for_a_turn(messages, deadline):
+            return self._read_clock(messages, tools)
+        return completion
+
+    def _room_for_a_turn(self, messages: Sequence[Message], deadline: Deadline) -> bool:
+        assert self._started_at is not None
+        turns = sum(1 for m in messages if m.role == "assistant")
+        per_turn = (deadline.clock.now() - self._started_at) / max(turns, 1)
+        return deadline.remaining() > ROOM_TURNS * per_turn
+
+    def _read_clock(self, messages: Sequence[Message], tools: list[dict[str, Any]]) -> Completion:
+        call = ToolCall(id="clock", name=GET_DURATION_TOOL, arguments={})
+        out_chars = len(CLOCK_TEXT) + len(GET_DURATION_TOOL) + 2
+        return Completion(
+            text=CLOCK_TEXT,
+            tool_calls=[call],
+            prompt_tokens=_prompt_tokens(messages, tools),
+            completion_tokens=math.ceil(out_chars / CHARS_PER_TOKEN),
+            finish_reason="tool_calls",
+        )
+
+
+def make_expert(spec: str, options: dict[str, Any], *, clock_every: int = 0) -> Policy:
+    """The expert policy for one episode: ``spec`` with ``options``, reading the clock tool every
+    ``clock_every`` tool results (0: never; give it only where the time is pulled)."""
+    inner = make_policy(spec, **options)
+    return ClockReadingExpert(inner, every=clock_every) if clock_every > 0 else inner
+
+
+def without_clock_turns(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` without ``get_duration`` calls and results (an assistant turn that only
+    read the clock disappears)."""
+    out: list[Message] = []
+    for m in messages:
+        if m.role == "tool" and m.name == GET_DURATION_TOOL:
+            continue
+        if m.role == "assistant" and m.tool_calls:
+            calls = [c for c in m.tool_calls if c.name != GET_DURATION_TOOL]
+            if not calls:
+                continue
+            if len(calls) != len(m.tool_calls):
+                m = m.model_copy(update={"tool_calls": calls})
+        out.append(m)
+    return out
+
+
+def clock_reads(messages: Sequence[Message]) -> int:
+    """How many times the conversation called the clock tool."""
+    return sum(
+        1
+        for m in messages
+        if m.role == "assistant"
+        for c in m.tool_calls or []
+        if c.name == GET_DURATION_TOOL
+    )
+
+
+def _results_since_clock(messages: Sequence[Message]) -> int:
+    count = 0
+    for m in reversed(messages):
+        if m.role == "tool":
+            if m.name == GET_DURATION_TOOL:
+                return count
+            count += 1
+    return count
+
+
+def _prompt_tokens(messages: Sequence[Message], tools: list[dict[str, Any]]) -> int:
+    return math.ceil(prompt_chars(list(messages), tools) / CHARS_PER_TOKEN)
