@@ -95,8 +95,23 @@ class SFTConfig(_Frozen):
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
     epochs: float = Field(2.0, gt=0, description="Passes over the data.")
     batch_size: int = Field(8, ge=1, description="Sequences per optimizer step (micro x accum).")
-    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass.")
-    max_length: int = Field(1024, ge=64, description="Longer examples are dropped, not cut.")
+    micro_batch_size: int = Field(
+        1,
+        ge=1,
+        description="Sequences per forward pass. 1 on CPU: a 2k-token game episode holds ~3 GB "
+        "of activations, and a longer micro-batch pads math rows to it.",
+    )
+    max_length: int = Field(
+        2560,
+        ge=64,
+        description="Longer examples are dropped, not cut (treasure at difficulty 1 reaches "
+        "~2.4k tokens; math rows stay under 1.2k).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: ~1/10 of the memory for "
+        "about a third more compute (for micro_batch_size > 1 on long episodes).",
+    )
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")

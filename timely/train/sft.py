@@ -16,7 +16,8 @@ computes the head's logits only at loss positions (a 49k-entry vocabulary makes 
 largest tensor of a step).
 
 One optimizer step: ``batch_size`` sequences as ``batch_size / micro_batch_size`` right-padded
-micro-batches (labels -100 outside the loss mask), loss = summed token cross-entropy / loss
+micro-batches (labels -100 outside the loss mask; the batch sorted by length first, so math rows
+of ~700 tokens are not padded to a 2k-token game), loss = summed token cross-entropy / loss
 tokens of the whole batch (so accumulation equals one big batch), clip, AdamW, linear warmup
 then cosine decay to 0. The data order is a fixed permutation per (seed, epoch), so a run
 resumed from a checkpoint (step, trainable weights, optimizer, scheduler, RNG) continues exactly
@@ -168,6 +169,9 @@ def prepare_model(config: SFTConfig) -> tuple[Any, Any]:
 
     base, tokenizer = load_model(config.model)
     model = copy.deepcopy(base)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     torch.manual_seed(config.seed)
     if config.lora is None:
         model.requires_grad_(True)
@@ -293,7 +297,11 @@ def _train_step(
     import torch
 
     started = wall_seconds()
-    rows = batch_indices(config.seed, len(examples), step, config.batch_size)
+    # Micro-batches of similar lengths pad less; the step's loss is the same either way.
+    rows = sorted(
+        batch_indices(config.seed, len(examples), step, config.batch_size),
+        key=lambda i: len(examples.input_ids[i]),
+    )
     loss_tokens = sum(sum(examples.loss_mask[i]) for i in rows)
     total_loss, tokens = 0.0, 0
     for k in range(0, len(rows), config.micro_batch_size):

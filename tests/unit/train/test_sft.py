@@ -16,7 +16,14 @@ from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
 from timely.train.checkpoint import latest_checkpoint
 from timely.train.config import DataConfig, LoraSettings, SFTConfig
 from timely.train.data import build_dataset
-from timely.train.sft import batch_indices, collate, lr_factor, run_sft, summed_loss
+from timely.train.sft import (
+    batch_indices,
+    collate,
+    lr_factor,
+    prepare_model,
+    run_sft,
+    summed_loss,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +114,20 @@ def test_the_loss_counts_only_masked_tokens():
         logits[0, 1:3], torch.tensor([7, 8]), reduction="sum"
     ) + F.cross_entropy(logits[1, 0:1], torch.tensor([10]), reduction="sum")
     assert torch.allclose(summed_loss(model, ids, attention, labels), expected, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
+    ids, attention, labels = collate(
+        [[5, 6, 7, 8, 9], [9, 10, 11]], [[0, 0, 1, 1, 1], [0, 1, 1]], 2
+    )
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = prepare_model(config(tiny_dir, gradient_checkpointing=checkpointing))
+        assert model.get_base_model().is_activation_checkpointing == checkpointing
+        summed_loss(model, ids, attention, labels).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
 
 
 def test_data_order_is_one_permutation_per_epoch_from_the_seed():
