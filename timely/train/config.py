@@ -122,7 +122,13 @@ class RLConfig(_Frozen):
     """Timely-RL: GRPO-family RL with the budget-aware reward, rollouts through the one loop."""
 
     tasks: tuple[str, ...] = Field(
-        ("math/arithmetic-v1", "games/treasure-v1"), description="Train-split tasks."
+        ("math/arithmetic-v1", "games/treasure-v1"),
+        description="Train-split tasks, taking turns over the run's prompts.",
+    )
+    task_options: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"games/treasure-v1": {"difficulty": 1}},
+        description="make_task options per task id (as for the cold-start data: treasure "
+        "difficulty 1 keeps episodes near the SFT data's length).",
     )
     steps: int = Field(40, ge=1, description="Optimizer batches (rollout + update rounds).")
     prompts_per_step: int = Field(2, ge=1, description="Task instances per batch.")
@@ -134,8 +140,9 @@ class RLConfig(_Frozen):
     no_limit_share: float = Field(0.1, ge=0, le=1, description="Share of prompts without limit.")
     speed_factor: tuple[float, float] = Field(
         (0.7, 1.5),
-        description="Per-sample generation slow-down drawn in this range (virtual clock), so "
-        "the policy must read the clock rather than count turns.",
+        description="Per-rollout generation slow-down, drawn log-uniformly in this range "
+        "(virtual clock): the rollouts of a group share prompt and budget but not the clock, "
+        "so the policy must read the clock rather than count turns.",
     )
     latencies: tuple[str, ...] = Field(("constant:0.2", "constant:1.0", "lognormal:2.0,0.5"))
     time_modes: tuple[Literal["push", "pull", "both"], ...] = Field(("push", "pull", "both"))
@@ -148,17 +155,26 @@ class RLConfig(_Frozen):
     )
     time_reward: bool = Field(
         True,
-        description="False: the paper's ablation, plain correctness (score, late answers "
-        "included) with no time term.",
+        description="False: the paper's ablation, plain correctness with no time term: the "
+        "budget is still shown, but rollouts run with overrun=late and no cut-off, and the "
+        "reward is the score of an answered episode, late answers included.",
     )
     max_turns: int = Field(8, ge=1, description="Model turns per rollout.")
     max_new_tokens: int = Field(96, ge=1, description="Tokens per model turn.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     top_p: float = Field(1.0, gt=0, le=1)
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings,
+        description="LoRA settings of a fresh adapter (no init); an init adapter keeps its own.",
+    )
     lr: float = Field(5e-5, gt=0, description="Learning rate (constant after warmup).")
-    warmup_steps: int = Field(2, ge=0)
+    warmup_steps: int = Field(
+        2, ge=0, description="Optimizer steps of linear warmup: lr x (t + 1) / (warmup + 1)."
+    )
     updates_per_batch: int = Field(2, ge=1, description="Optimizer passes over each batch (mu).")
-    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass.")
+    micro_batch_size: int = Field(
+        4, ge=1, description="Sequences per forward pass (gradients accumulate over a batch)."
+    )
     loss: Literal["grpo", "dr_grpo", "dapo"] = Field(
         "grpo",
         description="grpo: std-normalised advantages, per-sequence mean; dr_grpo: no std "
@@ -167,7 +183,7 @@ class RLConfig(_Frozen):
     clip_low: float = Field(0.2, gt=0, description="Lower clip epsilon of the ratio.")
     clip_high: float = Field(0.28, gt=0, description="Upper clip epsilon (dapo; others: low).")
     beta: float = Field(0.0, ge=0, description="KL weight to the reference (k3); 0: off.")
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
     save_every: int = Field(5, ge=1, description="Checkpoint every N batches.")
     seed: int = Field(0)
 

@@ -1,0 +1,332 @@
+"""The Timely-RL objective on tensors: advantages, loss weights, the clipped loss, one step.
+
+Nothing here knows about episodes or clocks; :mod:`timely.train.grpo` turns trajectories into
+:class:`Sample` rows and calls :func:`policy_step`. Kept apart so one optimizer step on a given
+batch of (sequences, masks, old log-probs, advantages) can be timed on its own (against TRL's
+GRPO step, for instance): build the rows with :func:`build_batch`, then call
+:func:`policy_step`.
+
+Conventions (TRL 1.16 and verl agree on them, see the GRPO notes of the RL-frameworks
+reference):
+
+* advantages per group, ``(r - mean) / (std + eps)`` with the unbiased std and ``eps = 1e-4``
+  (grpo, dapo) or ``r - mean`` (dr_grpo); an all-equal group gets exactly 0;
+* the ratio is ``exp(new - old)`` against the **recorded** sampling log-probs, the loss
+  ``-min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A)`` per sampled token, log-ratios
+  clamped to +-20, plus ``beta`` times the k3 KL ``exp(ref - new) - (ref - new) - 1``;
+* log-probs are ``log_softmax(logits / temperature)`` at the sampled id, the sampler's own
+  definition (:func:`timely.policies.logprobs.token_logprobs`);
+* aggregation by per-token weights (:func:`build_batch`): grpo averages each episode's tokens
+  and then the episodes, dr_grpo divides the token sum by ``n_episodes x max_tokens``, dapo
+  averages every token of the batch. A weighted sum is independent of how rows are split into
+  micro-batches, and of whether an episode is one row or one row per turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from timely.errors import ConfigError
+from timely.policies.logprobs import accepts_logits_to_keep, token_logprobs
+from timely.train.config import RLConfig
+
+ADV_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
+
+
+def group_advantages(rewards: np.ndarray, loss: str, eps: float = ADV_EPS) -> np.ndarray:
+    """Group-normalised advantages of a ``[prompts, group_size]`` reward array.
+
+    ``grpo`` and ``dapo``: ``(r - mean) / (std + eps)`` with the unbiased std of the group;
+    ``dr_grpo``: ``r - mean``. A group whose rewards are all equal gets exactly 0.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    centred = rewards - rewards.mean(axis=1, keepdims=True)
+    if loss != "dr_grpo":
+        centred = centred / (rewards.std(axis=1, ddof=1, keepdims=True) + eps)
+    flat = np.ptp(rewards, axis=1, keepdims=True) == 0
+    return np.where(flat, 0.0, centred)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row of an update: a token sequence, its loss mask and the recorded log-probs.
+
+    Attributes:
+        token_ids: the sequence the model saw (and sampled, where ``mask`` is 1).
+        mask: 1 on policy-sampled ids, 0 elsewhere.
+        old_logprobs: the recorded sampling log-prob on sampled ids (0.0 elsewhere).
+        advantage: the episode's advantage, on every sampled token.
+        episode: which episode of the batch the row belongs to (several rows in turns form).
+        weight: the loss weight of each of its sampled tokens (the aggregation).
+        ref_logprobs: the reference policy's log-probs of the sampled ids (``beta > 0``).
+    """
+
+    token_ids: list[int]
+    mask: list[int]
+    old_logprobs: list[float]
+    advantage: float
+    episode: int
+    weight: float = 0.0
+    ref_logprobs: list[float] | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.mask)
+
+
+def build_batch(
+    sequences: Sequence[Sequence[int]],
+    masks: Sequence[Sequence[int]],
+    old_logprobs: Sequence[Sequence[float]],
+    advantages: Sequence[float],
+    *,
+    loss: str,
+    max_tokens: int,
+    episodes: Sequence[int] | None = None,
+    n_episodes: int | None = None,
+) -> list[Sample]:
+    """Rows with the loss weights of aggregation ``loss`` (grpo, dr_grpo or dapo).
+
+    With these weights the batch loss is ``sum(weight * token_loss)`` over sampled tokens,
+    whatever the micro-batching: grpo ``1 / (n_episodes * episode_tokens)``, dr_grpo
+    ``1 / (n_episodes * max_tokens)``, dapo ``1 / batch_tokens``.
+
+    Args:
+        sequences: token ids per row.
+        masks: 1 on sampled ids per row.
+        old_logprobs: recorded sampling log-probs per row, aligned with the ids.
+        advantages: one per row (its episode's).
+        loss: the aggregation.
+        max_tokens: dr_grpo's constant per episode (``max_new_tokens * max_turns``).
+        episodes: the episode of each row (default: every row its own episode).
+        n_episodes: episodes in the batch, those without rows included (default: the distinct
+            ``episodes``).
+    """
+    episodes = list(range(len(sequences))) if episodes is None else list(episodes)
+    per_episode: Counter[int] = Counter()
+    for episode, mask in zip(episodes, masks, strict=True):
+        per_episode[episode] += sum(mask)
+    n = n_episodes if n_episodes is not None else len(per_episode)
+    total = sum(per_episode.values())
+    samples = []
+    for ids, mask, old, adv, episode in zip(
+        sequences, masks, old_logprobs, advantages, episodes, strict=True
+    ):
+        if loss == "grpo":
+            weight = 1.0 / (n * max(per_episode[episode], 1))
+        elif loss == "dr_grpo":
+            weight = 1.0 / (n * max_tokens)
+        elif loss == "dapo":
+            weight = 1.0 / max(total, 1)
+        else:
+            raise ConfigError(f"unknown loss {loss!r}; use grpo, dr_grpo or dapo")
+        samples.append(Sample(list(ids), list(mask), list(old), float(adv), episode, weight))
+    return samples
+
+
+@dataclass
+class UpdateStats:
+    """What one optimizer pass over a batch measured (token means over sampled tokens)."""
+
+    loss: float = 0.0
+    tokens: int = 0
+    rows: int = 0
+    ratio_dev: float | None = None  # mean |ratio - 1|
+    ratio_dev_max: float | None = None
+    clip_frac: float | None = None
+    kl_ref: float | None = None  # k3 to the reference (beta > 0)
+    kl_old: float | None = None  # k3 between the sampling policy and the current one
+    entropy: float | None = None  # of the sampling distribution (measure_entropy)
+    grad_norm: float | None = None
+    stepped: bool = False
+
+
+def token_loss(
+    new: torch.Tensor,
+    old: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    beta: float = 0.0,
+    ref: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token PPO-clipped loss (plus ``beta`` x k3 KL to ``ref``), flat over sampled tokens.
+
+    ``ratio = exp(new - old)``; loss ``-min(ratio A, clip(ratio, 1 - clip_low, 1 + clip_high) A)
+    + beta (exp(ref - new) - (ref - new) - 1)``. Log-ratios are clamped to +-20 (as verl does).
+
+    Returns:
+        ``(loss, ratio, k3)``; ``k3`` is None without a reference.
+    """
+    ratio = torch.exp((new - old).clamp(-20.0, 20.0))
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = -torch.minimum(ratio * advantages, clipped * advantages)
+    k3 = None
+    if ref is not None:
+        delta = (ref - new).clamp(-20.0, 20.0)
+        k3 = torch.exp(delta) - delta - 1.0
+        if beta > 0:
+            loss = loss + beta * k3
+    return loss, ratio, k3
+
+
+def policy_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    samples: Sequence[Sample],
+    config: RLConfig,
+    *,
+    scheduler: Any = None,
+    pad_id: int = 0,
+    measure_entropy: bool = False,
+) -> UpdateStats:
+    """One optimizer step on a batch: micro-batched forwards, accumulated gradients, clip, step.
+
+    The loss is ``sum(weight * token_loss)`` over the sampled tokens (see :func:`build_batch`
+    for the weights and :func:`token_loss` for the per-token term), so it does not depend on
+    ``config.micro_batch_size``. An empty batch does nothing (no optimizer or scheduler step:
+    stale Adam momentum must not move the weights on a batch without signal).
+
+    Args:
+        model: the causal LM being trained (its trainable parameters are the optimizer's).
+        optimizer: its optimizer.
+        samples: the rows, with weights (and ``ref_logprobs`` when ``config.beta > 0``).
+        config: temperature, clip epsilons, beta, micro-batch size, grad clip, loss.
+        scheduler: stepped after the optimizer, if given.
+        pad_id: fills right padding (masked out).
+        measure_entropy: also measure the entropy of the sampling distribution (no gradient).
+    """
+    stats = UpdateStats()
+    if not samples:
+        return stats
+    clip_high = config.clip_high if config.loss == "dapo" else config.clip_low
+    sums = Counter[str]()
+    dev_max = 0.0
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    for chunk in _micro_batches(samples, config.micro_batch_size):
+        new, entropy = sample_logprobs(
+            model, chunk, config.temperature, pad_id=pad_id, entropy=measure_entropy
+        )
+        old = torch.tensor(
+            [lp for s in chunk for lp, m in zip(s.old_logprobs, s.mask, strict=True) if m]
+        )
+        adv = torch.tensor([s.advantage for s in chunk for _ in range(s.n_tokens)])
+        weight = torch.tensor([s.weight for s in chunk for _ in range(s.n_tokens)])
+        ref = None
+        if config.beta > 0:
+            ref = torch.tensor([lp for s in chunk for lp in (s.ref_logprobs or [])])
+        loss, ratio, k3 = token_loss(
+            new, old, adv, clip_low=config.clip_low, clip_high=clip_high, beta=config.beta, ref=ref
+        )
+        total = (weight * loss).sum()
+        total.backward()
+        with torch.no_grad():
+            dev = (ratio - 1.0).abs()
+            clipped = ((ratio > 1 + clip_high) & (adv > 0)) | (
+                (ratio < 1 - config.clip_low) & (adv < 0)
+            )
+            delta = (old - new).clamp(-20.0, 20.0)
+            sums["loss"] += float(total)
+            sums["dev"] += float(dev.sum())
+            sums["clipped"] += int(clipped.sum())
+            sums["kl_old"] += float((torch.exp(delta) - delta - 1.0).sum())
+            sums["kl_ref"] += float(k3.sum()) if k3 is not None else 0.0
+            sums["entropy"] += float(entropy.sum()) if entropy is not None else 0.0
+            sums["tokens"] += new.numel()
+            dev_max = max(dev_max, float(dev.max()))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    n = max(sums["tokens"], 1)
+    return UpdateStats(
+        loss=sums["loss"],
+        tokens=sums["tokens"],
+        rows=len(samples),
+        ratio_dev=sums["dev"] / n,
+        ratio_dev_max=dev_max,
+        clip_frac=sums["clipped"] / n,
+        kl_ref=sums["kl_ref"] / n if config.beta > 0 else None,
+        kl_old=sums["kl_old"] / n,
+        entropy=sums["entropy"] / n if measure_entropy else None,
+        grad_norm=float(grad_norm),
+        stepped=True,
+    )
+
+
+def sample_logprobs(
+    model: Any,
+    chunk: Sequence[Sample],
+    temperature: float,
+    *,
+    pad_id: int = 0,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the sampled ids of ``chunk`` by one teacher-forced forward pass.
+
+    Rows are right-padded, so positions and attention are those of each row alone without a
+    mask; logits are kept only from the first sampled position on (``logits_to_keep``), and
+    the full-vocabulary work is done only at sampled positions. Values follow the sampler's
+    definition, ``log_softmax(logits / temperature)`` at the sampled id.
+
+    Returns:
+        ``(logprobs, entropy)``: flat over the sampled tokens in row order; ``entropy`` of the
+        temperature-scaled distribution at each (no gradient), or None.
+    """
+    width = max(len(s.token_ids) for s in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+    for r, s in enumerate(chunk):
+        ids[r, : len(s.token_ids)] = torch.tensor(s.token_ids)
+        mask[r, : len(s.mask)] = torch.tensor(s.mask, dtype=torch.bool)
+    first = min(s.mask.index(1) for s in chunk)  # every row has a sampled token
+    device = getattr(model, "device", torch.device("cpu"))
+    keep = width - first + 1  # positions first-1 .. width-1; the last one predicts nothing
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
+    # No attention mask: with right padding causality alone keeps every real token from the
+    # pads, and the unmasked causal path is several times faster than a padded mask.
+    out = model(input_ids=ids.to(device), use_cache=False, **kwargs)
+    logits = out.logits[:, -keep:-1] if kwargs else out.logits[:, first - 1 : -1]
+    picked = mask[:, first:].to(device)
+    selected = logits[picked]  # [sampled tokens, vocab]
+    targets = ids[:, first:].to(device)[picked]
+    logprobs = token_logprobs(selected, targets, temperature)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            scaled = selected.float() / temperature if temperature > 0 else selected.float()
+            logp = torch.log_softmax(scaled, dim=-1)
+            ent = -(logp.exp() * logp).sum(-1)
+    return logprobs.cpu(), ent.cpu() if ent is not None else None
+
+
+def _micro_batches(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
+    """Rows sorted by length (less padding), in chunks of ``size``; deterministic."""
+    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].token_ids), i))
+    for i in range(0, len(order), size):
+        yield [samples[j] for j in order[i : i + size]]
+
+
+def with_reference_logprobs(
+    model: Any, samples: Sequence[Sample], config: RLConfig, pad_id: int = 0
+) -> list[Sample]:
+    """The samples with ``ref_logprobs`` from the current model (call inside
+    :func:`reference_policy`), computed once per batch."""
+    out: dict[int, Sample] = {}
+    index = {id(s): i for i, s in enumerate(samples)}
+    with torch.no_grad():
+        for chunk in _micro_batches(samples, config.micro_batch_size):
+            flat, _ = sample_logprobs(model, chunk, config.temperature, pad_id=pad_id)
+            for s, values in zip(chunk, flat.split([s.n_tokens for s in chunk]), strict=True):
+                out[index[id(s)]] = dataclasses.replace(s, ref_logprobs=values.tolist())
+    return [out[i] for i in range(len(samples))]
