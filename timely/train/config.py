@@ -76,6 +76,12 @@ class DataConfig(_Frozen):
         ("push", "pull", "both"), description="Time-status modes, one drawn per episode."
     )
     speed: str = Field("smollm2-cpu", description="Speed profile charging generation time.")
+    timing: Literal["tokenizer", "estimate"] = Field(
+        "tokenizer",
+        description="How expert turns are charged: tokenizer: the SFT model's token counts of "
+        "the same prompt and reply (about twice the estimate), budgets scaled by the expert's "
+        "time counted that way; estimate: the scripted policy's characters / 4.",
+    )
     keep: Literal["on_time", "all"] = Field(
         "on_time",
         description="on_time: keep only answered, on-time episodes (what to imitate); all: keep "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -42,7 +43,7 @@ from timely.rng import make_rng
 from timely.task import Task, make_task
 from timely.train.config import DataConfig
 from timely.train.episodes import NO_LIMIT_S, Setting, ToolPool, draw_setting, tool_pool
-from timely.train.experts import clock_reads, make_expert
+from timely.train.experts import clock_reads, make_expert, tokenized_seconds
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason, Message, Trajectory, iter_jsonl, write_jsonl
 
@@ -298,7 +299,7 @@ def build_dataset(
         return out
     started = wall_seconds()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
-    played = asyncio.run(play_experts(config, progress=progress))
+    played = asyncio.run(play_experts(config, tokenizer=tokenizer, progress=progress))
     kept = [t for t in played if config.keep == "all" or _on_time(t)]
     rows = [row for t in kept for row in trajectory_rows(t, tokenizer, source="expert")]
     order = make_rng("cold-start-rows", config.seed).permutation(len(rows))
@@ -324,12 +325,22 @@ def build_dataset(
     return out
 
 
-async def play_experts(config: DataConfig, *, progress: bool = True) -> list[Trajectory]:
+async def play_experts(
+    config: DataConfig, *, tokenizer: Any = None, progress: bool = True
+) -> list[Trajectory]:
     """Every expert episode of ``config``: per task, train seeds 0..N-1, one drawn setting each.
 
     Settings are drawn from one Generator per task (seeded by ``config.seed`` and the task id),
     so adding a task does not change the others' episodes.
+
+    Args:
+        config: the data config.
+        tokenizer: the tokenizer whose counts charge expert turns (``timing: tokenizer``);
+            None loads the embedded model's.
+        progress: show a rich progress bar.
     """
+    if config.timing == "tokenizer" and tokenizer is None:
+        tokenizer = load_tokenizer()
     played: list[Trajectory] = []
     with _bar(progress, len(config.tasks) * config.episodes_per_task) as advance:
         async with tool_pool(config.seed) as pool:
@@ -338,15 +349,24 @@ async def play_experts(config: DataConfig, *, progress: bool = True) -> list[Tra
                 options = dict(config.task_options.get(task_id, {}))
                 for seed in range(config.episodes_per_task):
                     task = make_task(task_id, seed=seed, split="train", **options)
-                    played.append(await play_expert(config, pool, task, rng, options))
+                    traj = await play_expert(config, pool, task, rng, options, tokenizer)
+                    played.append(traj)
                     advance(task_id)
     return played
 
 
 async def play_expert(
-    config: DataConfig, pool: ToolPool, task: Task, rng: Any, options: dict[str, Any]
+    config: DataConfig,
+    pool: ToolPool,
+    task: Task,
+    rng: Any,
+    options: dict[str, Any],
+    tokenizer: Any = None,
 ) -> Trajectory:
-    """One expert episode of ``task`` under a setting drawn from ``rng``."""
+    """One expert episode of ``task`` under a setting drawn from ``rng``; with ``timing:
+    tokenizer`` its turns are charged by ``tokenizer``'s counts, and so is the unconstrained
+    time its budget is a multiple of."""
+    tokenizer = tokenizer if config.timing == "tokenizer" else None
     setting = await draw_setting(
         rng,
         pool,
@@ -357,9 +377,17 @@ async def play_expert(
         no_limit_share=config.no_limit_share,
         speed=config.speed,
     )
+    if tokenizer is not None and setting.limited:
+        assert setting.multiplier is not None
+        unconstrained = await tokenized_seconds(
+            pool, task, setting.latency, setting.time_mode, config.speed, tokenizer
+        )
+        setting = dataclasses.replace(
+            setting, budget_s=round(setting.multiplier * unconstrained, 3)
+        )
     every = config.clock_every if setting.time_mode == "pull" else 0
     traj = await run_episode(
-        make_expert(config.expert, config.expert_options, clock_every=every),
+        make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),
         task,
         await pool.get(setting.latency),
         VirtualClock(),

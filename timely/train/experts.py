@@ -16,6 +16,13 @@ next step would not fit in the time left, answers with the best partial result i
   :class:`ClockReadingExpert` makes the expert call ``get_duration`` every few steps and, where
   one more turn fits, before it stops early: most early answers then follow a clock reading the
   model can see (measured on the default settings: about 80%; the rest had no time left for one).
+* **What its turns cost.** The scripted policy estimates tokens as characters / 4 and counts only
+  a call's name and arguments, so on a virtual clock its turns cost about half of what the
+  embedded model is charged for the same text (prompts 1.3-1.7x, replies ~3x more tokens by the
+  tokenizer). :class:`TokenizedExpert` reports the tokenizer's counts of exactly the prompt and
+  reply text a local policy would see and write, so the clock readings in the data are the ones
+  the trained model will meet; :func:`tokenized_seconds` calibrates relative budgets against the
+  same counts.
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from timely.budget import GET_DURATION_TOOL
+from timely.budget import GET_DURATION_TOOL, Budget, TimeAwareness
+from timely.clock import VirtualClock, speed_profile
+from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import Deadline, Policy, bind_policy, make_policy
 from timely.policies.scripted import prompt_chars
-from timely.prompting import CHARS_PER_TOKEN
+from timely.prompting import CHARS_PER_TOKEN, ToolFormat, assistant_text, prompt_token_ids
+from timely.train.episodes import NO_LIMIT_S, ToolPool
 from timely.types import Completion, Message, ToolCall
 
 if TYPE_CHECKING:
@@ -108,11 +118,89 @@ class ClockReadingExpert:
         )
 
 
-def make_expert(spec: str, options: dict[str, Any], *, clock_every: int = 0) -> Policy:
-    """The expert policy for one episode: ``spec`` with ``options``, reading the clock tool every
-    ``clock_every`` tool results (0: never; give it only where the time is pulled)."""
-    inner = make_policy(spec, **options)
-    return ClockReadingExpert(inner, every=clock_every) if clock_every > 0 else inner
+class TokenizedExpert:
+    """A text-only policy whose completions report a local model's token counts.
+
+    Prompt tokens are :func:`~timely.prompting.prompt_token_ids` of the conversation, completion
+    tokens the reply's :func:`~timely.prompting.assistant_text` plus the end-of-turn token: what
+    :class:`~timely.policies.hf.HFPolicy` would report for the same text, so a virtual clock
+    charges what the local model would be charged. ``count_prompt_tokens`` gives the loop the
+    same count for its budget-derived token cap.
+
+    Args:
+        inner: the policy that decides (a scripted expert, possibly a clock reader).
+        tokenizer: the local model's tokenizer.
+        tool_format: how tools reach the prompt (as the local policy renders them).
+    """
+
+    def __init__(self, inner: Policy, tokenizer: Any, tool_format: ToolFormat = "auto") -> None:
+        self.inner, self.tokenizer, self.tool_format = inner, tokenizer, tool_format
+        self.name = inner.name
+
+    def bind(self, task: Task) -> TokenizedExpert:
+        return TokenizedExpert(bind_policy(self.inner, task), self.tokenizer, self.tool_format)
+
+    def count_prompt_tokens(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+    ) -> int:
+        return len(prompt_token_ids(self.tokenizer, messages, tools, tool_format=self.tool_format))
+
+    async def generate(
+        self, messages: list[Message], tools: list[dict[str, Any]], *, deadline: Deadline
+    ) -> Completion:
+        completion = await self.inner.generate(messages, tools, deadline=deadline)
+        text = assistant_text(completion.text, completion.tool_calls)
+        reply = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+        counts = {
+            "prompt_tokens": self.count_prompt_tokens(messages, tools),
+            "completion_tokens": reply,
+        }
+        return completion.model_copy(update=counts)
+
+
+def make_expert(
+    spec: str, options: dict[str, Any], *, clock_every: int = 0, tokenizer: Any = None
+) -> Policy:
+    """The expert policy for one episode.
+
+    Args:
+        spec: the scripted policy spec (``scripted:budget-aware``).
+        options: its options (``safety``, ...).
+        clock_every: read the clock tool every this many tool results (0: never; give it only
+            where the time is pulled).
+        tokenizer: report this tokenizer's token counts (:class:`TokenizedExpert`); None keeps
+            the scripted estimate.
+    """
+    expert = make_policy(spec, **options)
+    if clock_every > 0:
+        expert = ClockReadingExpert(expert, every=clock_every)
+    return TokenizedExpert(expert, tokenizer) if tokenizer is not None else expert
+
+
+async def tokenized_seconds(
+    pool: ToolPool, task: Task, latency: str, time_mode: str, speed: Any, tokenizer: Any
+) -> float:
+    """The oracle's unconstrained time on ``task`` with ``tokenizer``'s token counts: what
+    relative budgets scale when expert turns are charged by the tokenizer (the counterpart of
+    :func:`timely.train.episodes.expert_seconds`)."""
+    key = (task.id, task.spec.split, task.spec.seed, latency, time_mode, speed_profile(speed))
+    if key not in _seconds_cache:
+        traj = await run_episode(
+            TokenizedExpert(make_policy("scripted:oracle"), tokenizer),
+            task,
+            await pool.get(latency),
+            VirtualClock(),
+            Budget(seconds=NO_LIMIT_S),
+            options=EpisodeOptions(
+                time=TimeAwareness(mode=time_mode),  # type: ignore[arg-type]
+                speed=speed_profile(speed),
+            ),
+        )
+        _seconds_cache[key] = max(traj.elapsed_s, 1e-3)
+    return _seconds_cache[key]
+
+
+_seconds_cache: dict[tuple[Any, ...], float] = {}
 
 
 def without_clock_turns(messages: Sequence[Message]) -> list[Message]:

@@ -94,6 +94,14 @@ def test_expert_records_keep_the_prefix_property(kept, etok):
             assert view.sequence.token_ids[start:end] == step.token_ids
 
 
+def test_expert_turns_are_charged_the_tokens_the_example_trains_on(kept, etok):
+    for traj in kept:
+        filled = with_token_records(traj, etok)
+        for step, tokens in zip(traj.steps, filled.steps, strict=True):
+            assert step.prompt_tokens == len(tokens.prompt_token_ids)
+            assert step.completion_tokens == len(tokens.token_ids)
+
+
 def test_the_dataset_round_trips_through_parquet(built, kept, etok, tmp_path):
     from datasets import Dataset
 
@@ -127,7 +135,7 @@ def test_a_complete_build_is_not_redone(built, etok):
     ("task_id", "options"),
     [("math/arithmetic-v1", {}), ("games/treasure-v1", {"difficulty": 1})],
 )
-async def test_half_the_expert_time_gets_an_early_answer_not_a_cut_off(task_id, options):
+async def test_half_the_expert_time_gets_an_early_answer_not_a_cut_off(task_id, options, etok):
     config = SMALL.model_copy(
         update={
             "budget_multipliers": (0.5, 0.5),
@@ -140,20 +148,20 @@ async def test_half_the_expert_time_gets_an_early_answer_not_a_cut_off(task_id, 
     async with tool_pool() as pool:
         for seed in range(4):
             task = make_task(task_id, seed=seed, split="train", **options)
-            traj = await play_expert(config, pool, task, rng, options)
+            traj = await play_expert(config, pool, task, rng, options, etok)
             assert traj.end_reason == EndReason.ANSWERED and traj.compliant
             assert traj.metadata["early"] and traj.metadata["setting"]["multiplier"] == 0.5
             assert traj.final_answer in task.solution().fallback_answers
 
 
-async def test_pull_mode_experts_read_the_clock_before_answering_early():
+async def test_pull_mode_experts_read_the_clock_before_answering_early(etok):
     config = SMALL.model_copy(
         update={"budget_multipliers": (0.8, 0.8), "no_limit_share": 0.0, "time_modes": ("pull",)}
     )
     rng = np.random.default_rng(0)
     async with tool_pool() as pool:
         task = make_task("math/word-problems-v1", seed=0, split="train")
-        traj = await play_expert(config, pool, task, rng, {})
+        traj = await play_expert(config, pool, task, rng, {}, etok)
     assert traj.metadata["early"]
     before_answer = traj.messages[-2]
     assert before_answer.role == "tool" and before_answer.name == GET_DURATION_TOOL
