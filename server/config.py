@@ -67,6 +67,13 @@ class ServerConfig(BaseModel):
         "deadlines do not cut real work (replays must not depend on machine load); this cap "
         "stops a runaway handler.",
     )
+    work_scale: float = Field(
+        1.0,
+        ge=0,
+        description="Virtual-clock calls: factor on the work tools report from their "
+        "deterministic work model (ML fits, sandboxed programs), charged with the latency; "
+        "2 emulates a machine half as fast, 0 charges the latency alone.",
+    )
 
     # -- sessions ------------------------------------------------------------------------------
     session_ttl_s: float = Field(

@@ -4,8 +4,10 @@ Both façades (plain HTTP and MCP) run every call through :meth:`ToolServer.exec
 inject identical delays from identical streams, fault alike and keep the same deadline rules.
 A call takes ``service`` (the handler's own work) plus a ``latency`` drawn from the tool's
 latency model. In wall mode the server really waits; in virtual mode it only reports the
-latency, which the client charges to its simulated clock. A caller's deadline is honoured to
-the letter: a call that cannot finish in time is answered 504 at the deadline, never later.
+latency, which the client charges to its simulated clock, together with the ``work`` the tool
+reported from its deterministic work model (:class:`tools.base.WorkMeter`; real service time
+varies run to run, so it is not what a virtual clock charges). A caller's deadline is honoured
+to the letter: a call that cannot finish in time is answered 504 at the deadline, never later.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class CallOutcome:
     service_s: float = 0.0
     fault: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    work_s: float = 0.0
 
     @property
     def error_type(self) -> str | None:
@@ -255,6 +258,8 @@ class ToolServer:
         m.child("requests", name, str(outcome.status), transport).inc()
         m.child("injected", name).observe(outcome.latency_s)
         m.child("service", name).observe(outcome.service_s)
+        if virtual:
+            m.child("work", name).observe(outcome.work_s)
         m.child("duration", name).observe(wall_seconds() - t0)
         if outcome.fault is not None:
             m.child("faults", name, outcome.fault).inc()
@@ -298,6 +303,7 @@ class ToolServer:
             # The answer could never arrive in time: don't run the tool for nothing.
             why = f"its latency of {latency:.3f} s exceeds the {max(deadline_s, 0):.3f} s left"
             return await self._expired(name, t0, deadline_s, 0.0, why, virtual, tag, wait)
+        work = 0.0
         if fault is Fault.ERROR:
             message = f"tool {name!r} failed: injected fault (a simulated tool failure)"
             result, error, timed_out, service = None, _err("tool_error", message), False, 0.0
@@ -320,6 +326,8 @@ class ToolServer:
             result, error, timed_out, service = await _run_handler(
                 tooldef, arguments, ctx, work_left
             )
+            if virtual:  # on a wall clock the work is in the measured time already
+                work = ctx.work.seconds * self.config.work_scale
         if timed_out:
             why = "the tool's own work did not finish in time"
             if virtual:
@@ -327,10 +335,11 @@ class ToolServer:
             return await self._expired(
                 name, t0, deadline_s or 0.0, service, why, virtual, tag, wait
             )
-        if not virtual and deadline_s is not None and service + latency > deadline_s:
+        spent = work if virtual else service  # what the caller's clock pays besides latency
+        if deadline_s is not None and spent + latency > deadline_s:
             why = (
-                f"service {service:.3f} s + latency {latency:.3f} s exceeds the "
-                f"{deadline_s:.3f} s left"
+                f"{'work' if virtual else 'service'} {spent:.3f} s + latency {latency:.3f} s "
+                f"exceeds the {deadline_s:.3f} s left"
             )
             return await self._expired(name, t0, deadline_s, service, why, virtual, tag, wait)
         if not virtual and latency > 0:
@@ -339,10 +348,11 @@ class ToolServer:
             "result": result,
             "latency_s": latency,
             "service_s": service,
+            "work_s": work,
             "error": error,
             "fault": tag,
         }
-        return CallOutcome(name, 200, body, latency, service, tag)
+        return CallOutcome(name, 200, body, latency, service, tag, work_s=work)
 
     async def _expired(
         self,

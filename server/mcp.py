@@ -11,9 +11,9 @@ Clock, deadline and session come from the ``tools/call`` request's ``_meta``
 (``timely/clock``, ``timely/deadline_s``, ``timely/session_id``) or, for clients that can only
 set HTTP headers, from ``X-Timely-Clock``, ``X-Timely-Deadline-S`` and ``X-Timely-Session-Id``;
 without either, a legacy (2025) MCP session's ``Mcp-Session-Id`` keys the session. The result's
-``_meta`` reports ``timely/latency_s``, ``timely/service_s``, ``timely/fault`` and
-``timely/status``. A client that cancels (2026 protocol: closes the response stream; 2025:
-``notifications/cancelled``) cancels the injected wait.
+``_meta`` reports ``timely/latency_s``, ``timely/service_s``, ``timely/work_s``,
+``timely/fault`` and ``timely/status``. A client that cancels (2026 protocol: closes the
+response stream; 2025: ``notifications/cancelled``) cancels the injected wait.
 
 The SDK's session manager runs a task group that must be entered from the host app's lifespan
 (:meth:`McpFacade.run`); without it ``/mcp`` answers 503 ``mcp_not_started``.
@@ -174,7 +174,12 @@ class McpFacade:
             server.metrics.requests.labels(name, str(exc.status), "mcp").inc()
             body = {"error": {"type": exc.type, "message": exc.message}, **exc.extra}
             outcome = CallOutcome(name, exc.status, body)
-        fields.update(latency_s=outcome.latency_s, service_s=outcome.service_s, fault=outcome.fault)
+        fields.update(
+            latency_s=outcome.latency_s,
+            service_s=outcome.service_s,
+            work_s=outcome.work_s,
+            fault=outcome.fault,
+        )
         return _result(outcome)
 
 
@@ -194,6 +199,7 @@ def _result(outcome: CallOutcome) -> types.CallToolResult:
     meta = {
         "timely/latency_s": outcome.latency_s,
         "timely/service_s": outcome.service_s,
+        "timely/work_s": outcome.work_s,
         "timely/fault": outcome.fault,
         "timely/status": outcome.status,
     }

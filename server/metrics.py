@@ -62,6 +62,14 @@ class Metrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.work = Histogram(
+            "timely_tool_work_seconds",
+            "Modelled seconds of a tool's work (its deterministic work model) reported to "
+            "virtual-clock callers, who charge it with the injected latency.",
+            ["tool"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.duration = Histogram(
             "timely_tool_request_duration_seconds",
             "Observed seconds a call spent in the server, injected latency included.",

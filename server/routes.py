@@ -51,7 +51,12 @@ class CallResponse(BaseModel):
 
     result: Any = Field(None, description="The tool's result (null when error is set).")
     latency_s: float = Field(description="Injected latency: waited (wall) or to charge (virtual).")
-    service_s: float = Field(description="Seconds of the tool's own work.")
+    service_s: float = Field(description="Measured seconds of the tool's own work.")
+    work_s: float = Field(
+        0.0,
+        description="Virtual clock: the tool's work in seconds of its deterministic work model, "
+        "to charge with the latency (0 on a wall clock, where the real time is measured).",
+    )
     error: ErrorDetail | None = Field(None, description="Tool-level error (an observation).")
     fault: str | None = Field(None, description="Injected fault: error, slow_first_byte or null.")
 
@@ -284,7 +289,12 @@ def install_routes(app: FastAPI, server: ToolServer) -> None:
         except ClientGone:
             fields["cancelled"] = True
             return Response(status_code=499)  # nobody reads it; uvicorn drops it
-        fields.update(latency_s=outcome.latency_s, service_s=outcome.service_s, fault=outcome.fault)
+        fields.update(
+            latency_s=outcome.latency_s,
+            service_s=outcome.service_s,
+            work_s=outcome.work_s,
+            fault=outcome.fault,
+        )
         headers = {**outcome.headers, "Server-Timing": _server_timing(outcome, started)}
         return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
 

@@ -66,7 +66,7 @@ class AccessLogMiddleware:
     """Log one JSON line per HTTP request to the ``timely.server.access`` logger.
 
     Fields: method, path, status, duration_s, and, when a tool call was served, tool, session,
-    latency_s, service_s, fault (routes put them in ``scope["timely.log"]``).
+    latency_s, service_s, work_s, fault (routes put them in ``scope["timely.log"]``).
     """
 
     def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:

@@ -3,7 +3,8 @@
 The loop calls tools through :class:`ToolBackend` and never thinks about HTTP, retries or time
 accounting: :class:`ToolClient` sends the episode's clock kind and remaining budget with every
 call, charges what the call cost to the episode clock (the latency the server reported, on a
-virtual clock; the measured time, on a wall clock), turns every tool-level failure into a
+virtual clock, plus the work the tool reported from its deterministic work model; the measured
+time, on a wall clock), turns every tool-level failure into a
 :class:`~timely.types.ToolResult` the model can read, and never outlives the deadline.
 ``ToolClient.in_process(app)`` drives the same code over ASGI, with no sockets, for tests.
 
@@ -98,10 +99,12 @@ class ToolClient:
         max_call_s: the most real seconds a call may wait when its deadline does not bound it
             (an infinite deadline, or a virtual clock whose time does not pass while waiting).
         charge_service_virtual: on a virtual clock, also charge (and record) the server's
-            measured ``service_s`` on top of the sampled latency. Off by default: service time
-            is real time and varies by microseconds from run to run, so charging it would break
-            "same seed + config + virtual clock => identical trajectories". Turn it on when a
-            tool's real work (e.g. training a model) should count against virtual budgets.
+            measured ``service_s`` on top of the sampled latency and the reported ``work_s``.
+            Off by default: service time is real time and varies by microseconds from run to
+            run, so charging it would break "same seed + config + virtual clock => identical
+            trajectories". Tools whose work grows with their input (ML fits, sandboxed code)
+            report ``work_s`` from a deterministic work model instead, which is always charged
+            on a virtual clock (docs/tool-server.md, "Work model").
         max_connections: connections at most (concurrent episodes share one client); the pool
             is split into shards of 32, each request going to the least busy shard.
     """
@@ -374,6 +377,8 @@ class ToolClient:
             )
         latency = _float(payload.get("latency_s"))
         service = _float(payload.get("service_s"))
+        # Modelled work: what a virtual clock charges for the tool's own work (deterministic).
+        work = _float(payload.get("work_s")) if clock.kind == "virtual" and status != 504 else 0.0
         if clock.kind == "virtual" and not self.charge_service_virtual:
             service = 0.0  # not charged, so not recorded: virtual records stay reproducible
         if clock.kind == "wall":
@@ -382,7 +387,7 @@ class ToolClient:
             # The server reports the deadline itself as the latency: exactly what was left.
             charged = attempts.virtual_s + min(latency, max(0.0, remaining - attempts.virtual_s))
         else:
-            charged = attempts.virtual_s + latency + service
+            charged = attempts.virtual_s + latency + work + service
         clock.charge(charged, "tool")
         error = payload.get("error")
         common = {
@@ -390,6 +395,7 @@ class ToolClient:
             "name": name,
             "latency_s": latency,
             "service_s": service,
+            "work_s": work,
             "charged_s": charged,
             "retries": attempts.retries,
             "fault": fault,

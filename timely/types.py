@@ -69,6 +69,12 @@ class ToolResult(_Record):
     error: str | None = Field(None, description="Error type when the call failed, else None.")
     latency_s: float = Field(0.0, description="Injected latency the server reported.")
     service_s: float = Field(0.0, description="Time the tool's own work took on the server.")
+    work_s: float = Field(
+        0.0,
+        description="Virtual clock: seconds of the tool's deterministic work model (an ML fit, "
+        "a sandboxed program), charged with the latency; 0 on a wall clock, where the real time "
+        "is measured and charged instead.",
+    )
     charged_s: float = Field(0.0, description="Seconds charged to the episode clock.")
     retries: int = 0
     fault: str | None = Field(None, description="Injected fault, if the server reported one.")

@@ -10,6 +10,7 @@ server turns into an observation the model can act on (not an HTTP failure). The
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,30 @@ class ToolInputError(ValueError):
 
     The message is shown to the model, so it should say what to change.
     """
+
+
+@dataclass
+class WorkMeter:
+    """The work a handler reports, in virtual seconds of a deterministic work model.
+
+    On a virtual clock a call costs its injected latency plus this (real service time is not
+    charged there: it varies from run to run). A tool whose work grows with its input (a model
+    fit, a program run) adds what its documented model says the work costs, computed from the
+    call alone, so the same call costs the same seconds on every run and machine
+    (docs/tool-server.md, "Work model"). Wall-clock calls ignore it: real time is measured.
+    """
+
+    seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Report ``seconds`` more of work.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"work must be a finite number of seconds >= 0, got {seconds!r}")
+        self.seconds += seconds
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,7 @@ class ToolContext:
             (``ServerConfig.virtual_work_cap_s``): virtual deadlines never cut real work.
             The server cancels the handler then anyway; long-running tools (the code sandbox)
             use it to stop their work in time and still answer.
+        work: where the handler reports its modelled work (see :class:`WorkMeter`).
     """
 
     tool: str
@@ -52,6 +78,7 @@ class ToolContext:
     clock: Literal["wall", "virtual"] = "wall"
     state: dict[str, Any] | None = field(default=None, compare=False)
     deadline_s: float | None = None
+    work: WorkMeter = field(default_factory=WorkMeter, compare=False)
 
 
 ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
