@@ -3,8 +3,9 @@
 One episode's data lives in its tool-server session (:class:`MLSession`, ``ctx.state["ml"]``),
 loaded by the task's setup through ``ml_setup`` (a tool the model is never offered). Training
 runs for real, in a worker thread so the server keeps serving: on a wall clock its time is part
-of the call's time; on a virtual clock only the injected latency is charged (see
-``docs/timely-eval.md``), and measured times are left out of the answers so replays are exact.
+of the call's time; on a virtual clock the call costs the injected latency plus the seconds the
+work model (:mod:`tools.ml.work`) assigns to its fits and predictions, which depend on the
+call alone, and measured times are left out of the answers, so replays are exact.
 The test labels never reach the server: ``submit_model`` answers with a receipt of the
 predictions (:mod:`tools.ml.data`) that the task scores.
 """
@@ -31,7 +32,7 @@ from jsonschema.exceptions import best_match
 from timely.clock import wall_seconds
 from timely.rng import make_rng
 from tools.base import ToolContext, ToolInputError, tool
-from tools.ml import blas, recipe
+from tools.ml import blas, recipe, work
 from tools.ml.data import (
     CLASSIFICATION_METRICS,
     METRICS,
@@ -145,6 +146,22 @@ class MLSession:
         if self._holds_blas:
             self._holds_blas = False
             blas.release()
+
+    @property
+    def classes(self) -> int:
+        """Distinct labels (1 for regression), for the work model."""
+        return len(self.labels) if self.kind == "classification" else 1
+
+    def fit_work(self, name: str, params: dict[str, Any], rows: int, cols: list[int]) -> float:
+        """Modelled seconds of fitting ``name`` on ``rows`` rows of ``cols``."""
+        return work.fit_s(name, self.kind, params, rows, len(cols), self.classes)
+
+    def predict_work(self, entry: dict[str, Any], rows: int, fitted: int | None = None) -> float:
+        """Modelled seconds of predicting ``rows`` rows with the model ``entry`` describes,
+        fitted on ``fitted`` rows (``train_model``'s fit rows when None)."""
+        name, params, d = entry["estimator"], entry["params"], len(entry["cols"])
+        fitted = len(self.fit_idx) if fitted is None else fitted
+        return work.predict_s(name, self.kind, params, fitted, rows, d, self.classes)
 
     def cols(self, features: list[str] | None) -> list[int]:
         if not features:
@@ -395,7 +412,10 @@ async def train_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, 
     model = await anyio.to_thread.run_sync(recipe.fit, name, ml.kind, params, x, y)
     train_s = wall_seconds() - t0
     model_id = f"m{len(ml.models) + 1}"
-    ml.models[model_id] = {"estimator": name, "params": params, "cols": cols, "model": model}
+    entry = {"estimator": name, "params": params, "cols": cols, "model": model}
+    ml.models[model_id] = entry
+    ctx.work.add(ml.fit_work(name, params, len(ml.fit_idx), cols))
+    ctx.work.add(ml.predict_work(entry, len(ml.val_idx)))
     out: dict[str, Any] = {"model_id": model_id, "estimator": name, "params": params}
     out["validation"] = await _scores(ml, model, cols, ml.val_idx, (ml.metric,))
     if ctx.clock == "wall":
@@ -444,7 +464,9 @@ async def evaluate_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[st
     out: dict[str, Any] = {"model_id": model_id}
     out["validation"] = await _scores(ml, entry["model"], entry["cols"], ml.val_idx, names)
     out["train"] = await _scores(ml, entry["model"], entry["cols"], ml.fit_idx, names)
+    ctx.work.add(ml.predict_work(entry, len(ml.val_idx)) + ml.predict_work(entry, len(ml.fit_idx)))
     if ml.kind == "classification" and len(ml.val_idx) and len(ml.labels) <= 10:
+        ctx.work.add(ml.predict_work(entry, len(ml.val_idx)))
         x = ml.x[np.ix_(ml.val_idx, entry["cols"])]
         preds = recipe.predict(entry["model"], ml.kind, x)
         confusion: dict[str, dict[str, int]] = {}
@@ -473,6 +495,8 @@ async def submit_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[str,
     )
     preds = await anyio.to_thread.run_sync(recipe.predict, model, ml.kind, ml.x_test[:, cols])
     train_s = wall_seconds() - t0
+    ctx.work.add(ml.fit_work(entry["estimator"], entry["params"], len(ml.y), cols))
+    ctx.work.add(ml.predict_work(entry, len(ml.test_ids), fitted=len(ml.y)))
     out: dict[str, Any] = {"submission": ml.receipt(preds, model_id=model_id)}
     if ctx.clock == "wall":
         out["train_s"] = round(train_s, 3)
