@@ -1,7 +1,7 @@
 """A sandbox for agent-written Python: separate process, hard limits, no network, one directory.
 
 The paper's ML mode lets the agent run its own code; this package is what makes that safe enough
-to serve. :func:`run_code` runs code in a child interpreter (``python -I -B``) inside a
+to serve. :func:`run_code` runs code in a child interpreter (``python -P -s -B``) inside a
 per-session :class:`Workspace` and reports its output, exit status, duration and why it was
 killed, if it was. What is enforced, and by whom:
 
@@ -34,8 +34,8 @@ whose seccomp profile forbids ``unshare``); ``RunResult.layers`` says what took 
 :func:`probe` checks a machine. ``SandboxLimits(require_os_layers=True)`` refuses to run code
 without them. The audit hook alone is *not* a security boundary: native code (``ctypes``, C
 extensions) is not audited, so without the kernel layers, run the tool server in a container or
-VM. Environment variables are scrubbed (only PATH, HOME/TMPDIR = the workspace, locale and
-one-thread BLAS settings are passed).
+VM. Environment variables are scrubbed (only PATH, HOME/TMPDIR = the workspace, locale, a fixed
+``PYTHONHASHSEED`` and one-thread BLAS settings are passed).
 """
 
 from tools.sandbox.core import (
@@ -45,6 +45,15 @@ from tools.sandbox.core import (
     child_config,
     probe,
     run_code,
+    work_s,
 )
 
-__all__ = ["RunResult", "SandboxLimits", "Workspace", "child_config", "probe", "run_code"]
+__all__ = [
+    "RunResult",
+    "SandboxLimits",
+    "Workspace",
+    "child_config",
+    "probe",
+    "run_code",
+    "work_s",
+]

@@ -1,6 +1,6 @@
 """The first code a sandboxed child process runs: it confines itself, then runs the agent's code.
 
-``tools.sandbox.core`` passes this file's *source* to ``python -I -B -c`` (it is never imported by
+``tools.sandbox.core`` passes this file's *source* to ``python -P -s -B -c`` (never imported by
 the server). Configuration arrives as JSON in ``argv[1]``, the agent's code on stdin. While the
 process is still single-threaded and before any agent code exists in it, it applies, in order:
 
@@ -19,6 +19,11 @@ process is still single-threaded and before any agent code exists in it, it appl
 Layers 1-4 are kernel-enforced; the hook is Python-level (native code and object tricks can get
 past it). Each OS layer is best effort: the first line written to the report fd names the layers
 that took effect, and the parent records it. ``tools/sandbox/__init__.py`` documents the whole.
+
+With ``count_events`` set (virtual-clock calls), the agent's code runs under a trace function
+that counts its Python trace events (calls, lines, returns, exceptions, in every thread; see
+:func:`_start_counting`): a deterministic measure of its work that the last report line carries
+and the parent turns into virtual seconds (:func:`tools.sandbox.core.work_s`).
 """
 
 import ctypes
@@ -375,6 +380,72 @@ def _install_guard(workdir, read_roots, read_files, rw_files, deny):
             raise _refused(f"sandbox: network access is disabled ({event})")
 
     sys.addaudithook(hook)
+    return hook
+
+
+# -- counting the agent's work ---------------------------------------------------------------------
+
+
+def _start_counting(uncounted):
+    """Count the trace events of the code running from now on, in every thread.
+
+    Counted: each call, line, return and exception of Python code, the agent's and the
+    libraries' it calls. Not counted, because they vary with the machine's state rather than
+    the program: frames of the frozen import machinery (they differ with the .pyc files and
+    directory caches present; the imported modules' own code is counted), and everything below
+    the code objects in ``uncounted`` (this sandbox's audit hook). Each thread has its own
+    counter, so no update is lost between threads. Returns a function that stops counting (in
+    this thread) and sums the counters. Tracing is the only deterministic measure available
+    (CPU time varies from run to run); it slows Python-heavy code down a few times, which is
+    why only virtual-clock runs count.
+    """
+    import threading
+
+    get_ident = threading.get_ident
+    counts = []
+    tracers = {}
+
+    def new_tracer(ident):
+        cell = [0]
+        hidden = [0]  # depth inside an uncounted subtree
+        counts.append(cell)
+
+        def local(frame, event, arg):
+            cell[0] += 1
+            return local
+
+        def leave(frame, event, arg):  # the local tracer of an uncounted subtree's root
+            if event == "return":
+                hidden[0] -= 1
+            return leave
+
+        def on_call(frame, event, arg):
+            if hidden[0]:
+                return None
+            code = frame.f_code
+            if code in uncounted:
+                hidden[0] += 1
+                return leave
+            if code.co_filename.startswith("<frozen "):
+                return None
+            cell[0] += 1
+            return local
+
+        tracers[ident] = on_call
+        return on_call
+
+    def dispatch(frame, event, arg):  # every thread's global trace function: 'call' events
+        return (tracers.get(get_ident()) or new_tracer(get_ident()))(frame, event, arg)
+
+    def stop():
+        sys.settrace(None)  # this thread; threads still running count on, unread
+        threading.settrace(None)
+        return sum(cell[0] for cell in counts)
+
+    new_tracer(get_ident())
+    threading.settrace(dispatch)
+    sys.settrace(dispatch)
+    return stop
 
 
 # -- running the agent's code ----------------------------------------------------------------------
@@ -405,7 +476,9 @@ def main():
     import linecache  # so tracebacks show the agent's own lines
 
     linecache.cache["<sandbox>"] = (len(code), None, code.splitlines(True), "<sandbox>")
-    _install_guard(workdir, cfg["read_roots"], cfg["read_files"], cfg["rw_files"], cfg["deny_read"])
+    guard = _install_guard(
+        workdir, cfg["read_roots"], cfg["read_files"], cfg["rw_files"], cfg["deny_read"]
+    )
     layers.append("audit")
     _write(fd, {"layers": layers, "missing": missing})  # before any agent code: trustworthy
     if missing and cfg.get("require_os_layers"):
@@ -416,8 +489,16 @@ def main():
     main_module = type(sys)("__main__")
     sys.modules["__main__"] = main_module
     status = 0
+    events = None
     try:
-        exec(compile(code, "<sandbox>", "exec"), main_module.__dict__)  # noqa: S102
+        program = compile(code, "<sandbox>", "exec")  # a syntax error is no counted work
+        counting = cfg.get("count_events")
+        stop_counting = _start_counting(frozenset({guard.__code__})) if counting else None
+        try:
+            exec(program, main_module.__dict__)  # noqa: S102
+        finally:
+            if stop_counting is not None:  # before our own error handling adds to it
+                events = stop_counting()
     except SystemExit as exc:
         code_ = exc.code
         status = code_ if isinstance(code_, int) else (0 if code_ is None else 1)
@@ -434,7 +515,10 @@ def main():
     except Exception:  # noqa: BLE001 - a closed stdout must not lose the report
         pass
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    _write(fd, {"status": status, "cpu_s": usage.ru_utime + usage.ru_stime})  # advisory
+    record = {"status": status, "cpu_s": usage.ru_utime + usage.ru_stime}  # cpu_s: advisory
+    if events is not None:
+        record["events"] = events
+    _write(fd, record)
     os._exit(status & 0xFF)
 
 

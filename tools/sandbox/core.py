@@ -1,10 +1,12 @@
 """The parent side of the sandbox: spawn the fenced child, bound it, kill it, report what it did.
 
-Agent code never runs in the server process. :func:`run_code` starts ``python -I -B -c <_child>``
-in its own session (process group) inside a :class:`Workspace`, with a scrubbed environment, and
-waits at most ``timeout_s`` of wall time (less when the caller's deadline is nearer); then the
-whole group gets SIGKILL. Output is captured up to a size limit, so a chatty loop cannot exhaust
-the server's memory. What the child confines itself with is in :mod:`tools.sandbox._child`.
+Agent code never runs in the server process. :func:`run_code` starts ``python -P -s -B -c
+<_child>`` in its own session (process group) inside a :class:`Workspace`, with a scrubbed
+environment (hash randomisation off, so runs replay exactly), and waits at most ``timeout_s`` of
+wall time (less when the caller's deadline is nearer); then the whole group gets SIGKILL. Output
+is captured up to a size limit, so a chatty loop cannot exhaust the server's memory. What the
+child confines itself with is in :mod:`tools.sandbox._child`; what a run costs on a virtual
+clock, from the trace events it counts, is :func:`work_s`.
 """
 
 from __future__ import annotations
@@ -52,8 +54,17 @@ SYSTEM_READ_FILES = (
     "/sys/fs/cgroup/cpu.max",
 )
 SYSTEM_RW_FILES = ("/dev/null",)
+# -I's isolation (-E -P -s) minus -E: the environment is child_env's alone, and -E would ignore
+# its PYTHONHASHSEED. A fixed hash seed makes set order, and with it a program's output and its
+# counted work, the same on every run (numpy builds __all__ from a set, for one).
+INTERPRETER_FLAGS = ("-P", "-s", "-B")
 _MAX_CODE_BYTES = 1 << 20
 _GRACE_S = 0.05  # kill this long before the caller's deadline, so the answer still arrives
+# Virtual seconds per counted trace event (see work_s). On the project machine (2 vCPUs, quiet)
+# scikit-learn programs ran at ~300 ns of real time per event, pandas and numpy-heavy ones at
+# 500-950 ns, pure-Python loops and calls at 60-80 ns; `python bench/work_model.py
+# --sandbox-only` measures it again.
+SECONDS_PER_EVENT = 3e-7
 
 
 class SandboxLimits(BaseModel):
@@ -108,6 +119,8 @@ class RunResult:
         cpu_s: CPU seconds the child reported (None when it could not report).
         layers: the confinement layers that took effect.
         missing: requested OS layers that did not, with the kernel's reason.
+        events: Python trace events the agent's code executed, when the run counted them
+            (``run_code(count_events=True)``) and ended by itself; else None.
     """
 
     exit_code: int | None
@@ -120,6 +133,7 @@ class RunResult:
     cpu_s: float | None
     layers: tuple[str, ...]
     missing: dict[str, str] = field(default_factory=dict)
+    events: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -195,7 +209,9 @@ def _tasks_of(uid: int) -> int:
     return total
 
 
-def child_config(workdir: Path, limits: SandboxLimits, report_fd: int) -> dict[str, Any]:
+def child_config(
+    workdir: Path, limits: SandboxLimits, report_fd: int, *, count_events: bool = False
+) -> dict[str, Any]:
     """The JSON configuration ``_child.py`` reads from ``argv[1]``."""
     rlimits = {
         "RLIMIT_CPU": limits.cpu_s,
@@ -217,6 +233,7 @@ def child_config(workdir: Path, limits: SandboxLimits, report_fd: int) -> dict[s
         "read_files": list(SYSTEM_READ_FILES),
         "rw_files": list(SYSTEM_RW_FILES),
         "deny_read": list(limits.deny_read),
+        "count_events": count_events,
     }
 
 
@@ -234,7 +251,29 @@ def child_env(workdir: Path) -> dict[str, str]:
         "MKL_NUM_THREADS": one,
         "JOBLIB_MULTIPROCESSING": "0",  # no worker processes (they would be refused anyway)
         "MPLBACKEND": "Agg",
+        "PYTHONHASHSEED": "0",  # see INTERPRETER_FLAGS
     }
+
+
+def work_s(result: RunResult, limits: SandboxLimits) -> float:
+    """What a run costs on a virtual clock: its counted trace events at
+    :data:`SECONDS_PER_EVENT`; a run the sandbox killed costs the limit that stopped it.
+
+    The events are every Python call, line, return and exception the program executed, its own
+    and the libraries' (so fitting 500 trees costs more than fitting 10): the same program on
+    the same interpreter and packages counts the same events on every run and machine (hash
+    randomisation is off in the child). Work in native code counts only through the Python
+    that drives it; a run that ends without reporting (``os._exit``, a crash) costs nothing.
+
+    Args:
+        result: a run made with ``count_events=True``.
+        limits: the limits it ran under.
+    """
+    if result.killed == "cpu_limit":
+        return float(limits.cpu_s)
+    if result.killed is not None:  # timeout, or the server's cap on real work
+        return limits.timeout_s
+    return 0.0 if result.events is None else result.events * SECONDS_PER_EVENT
 
 
 async def _drain(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
@@ -269,6 +308,7 @@ async def run_code(
     limits: SandboxLimits | None = None,
     *,
     deadline_s: float | None = None,
+    count_events: bool = False,
 ) -> RunResult:
     """Run ``code`` in the sandbox with ``workdir`` as its working directory.
 
@@ -278,6 +318,8 @@ async def run_code(
         limits: resource limits (defaults when None).
         deadline_s: seconds the caller has left; the run is killed just before that when it is
             sooner than ``limits.timeout_s`` (and then reported as ``killed="deadline"``).
+        count_events: count the code's Python trace events (``RunResult.events``, the input of
+            :func:`work_s`); it slows Python-heavy code down a few times.
 
     Raises:
         ValueError: the code is larger than 1 MiB.
@@ -292,13 +334,12 @@ async def run_code(
     if deadline_s is not None and deadline_s - _GRACE_S < wall:
         wall, reason = max(0.0, deadline_s - _GRACE_S), "deadline"
     report_r, report_w = os.pipe()
-    cfg = json.dumps(child_config(workdir, limits, report_w))
+    cfg = json.dumps(child_config(workdir, limits, report_w, count_events=count_events))
     t0 = wall_seconds()
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-I",
-            "-B",
+            *INTERPRETER_FLAGS,
             "-c",
             CHILD_SOURCE,
             cfg,
@@ -367,6 +408,8 @@ def _result(
     last = records[-1] if records and "cpu_s" in records[-1] else {}
     cpu = last.get("cpu_s")
     cpu_s = float(cpu) if isinstance(cpu, int | float) else None
+    counted = last.get("events")
+    events = counted if isinstance(counted, int) and killed is None else None
     sig = None
     exit_code = returncode
     if returncode is not None and returncode < 0:
@@ -393,6 +436,7 @@ def _result(
         cpu_s=cpu_s,
         layers=tuple(str(x) for x in first.get("layers", ())),
         missing={str(k): str(v) for k, v in dict(first.get("missing", {})).items()},
+        events=events,
     )
 
 

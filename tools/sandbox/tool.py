@@ -3,7 +3,9 @@
 The agent sends a whole program; it runs in the episode's workspace (files persist between calls,
 interpreter state does not, like running ``python script.py`` repeatedly) and the tool answers
 with stdout, stderr, the exit code and, on wall clocks, how long it took. On a virtual clock the
-measured times are left out of the answer, so the same episode replays byte for byte.
+measured times are left out of the answer, so the same episode replays byte for byte, and the
+program's counted trace events are its work (:func:`tools.sandbox.core.work_s`), charged with
+the injected latency.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from tools.base import ToolContext, ToolInputError, tool
-from tools.sandbox.core import SandboxLimits, Workspace, run_code
+from tools.sandbox.core import SandboxLimits, Workspace, run_code, work_s
 
 WORKSPACE_KEY = "workspace"
 LIMITS_KEY = "sandbox_limits"
@@ -74,7 +76,12 @@ async def run_python(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, A
         ws = Workspace.create()
     try:
         async with ws.lock:
-            result = await run_code(code, ws.path, limits, deadline_s=ctx.deadline_s)
+            counted = ctx.clock == "virtual"  # counting slows the code; wall clocks measure time
+            result = await run_code(
+                code, ws.path, limits, deadline_s=ctx.deadline_s, count_events=counted
+            )
+            if counted:
+                ctx.work.add(work_s(result, limits))
             ws.runs += 1
             out = result.public(timings=ctx.clock == "wall")
             for observer in ws.observers:

@@ -229,5 +229,7 @@ async def test_run_python_tool_keeps_files_per_session_and_hides_times_on_virtua
         )
     assert first.ok and second.ok and other.ok
     assert '"stdout": "kept\\n"' in second.content and "duration_s" not in second.content
-    assert clock.now() == 0.5  # virtual: only the injected latency is charged
+    # virtual: the injected latency and the program's counted work, never its measured time
+    assert 0 < second.work_s < 1e-4 and clock.now() == 0.5 + second.work_s
+    assert other.work_s == 0.0  # wall: the measured time is charged instead
     assert '"stdout": "False\\n"' in other.content and "duration_s" in other.content
