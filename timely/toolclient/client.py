@@ -1,17 +1,11 @@
-"""Tool backends as the agent loop sees them, and the HTTP client of the tool server.
+"""The HTTP client of the tool server: one call, its deadline, and what it cost.
 
-The loop calls tools through :class:`ToolBackend` and never thinks about HTTP, retries or time
-accounting: :class:`ToolClient` sends the episode's clock kind and remaining budget with every
-call, charges what the call cost to the episode clock (the latency the server reported, on a
-virtual clock, plus the work the tool reported from its deterministic work model; the measured
-time, on a wall clock), turns every tool-level failure into a
-:class:`~timely.types.ToolResult` the model can read, and never outlives the deadline.
-``ToolClient.in_process(app)`` drives the same code over ASGI, with no sockets, for tests.
-
-Retries are for transport failures only (no connection, a dropped connection, HTTP 502/503,
-and 429 "try later"), and only while the remaining budget still has room for the wait and a
-real attempt; every retry and every injected fault the server reported is recorded in the
-ToolResult (``retries``, ``fault``), so the trajectory shows what the time went on.
+:class:`ToolClient` sends the episode's clock kind and remaining budget with every call,
+charges what the call cost to the episode clock (the latency the server reported, on a virtual
+clock, plus the work the tool reported from its deterministic work model; the measured time, on
+a wall clock), turns every tool-level failure into a :class:`~timely.types.ToolResult` the model
+can read, and never outlives the deadline. Connections are pooled in :mod:`.transport`, retries
+made by :mod:`.retry`, sessions managed through :mod:`.sessions`.
 """
 
 from __future__ import annotations
@@ -19,67 +13,22 @@ from __future__ import annotations
 import copy
 import json
 import math
-import ssl
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import quote
 
 import httpx2
 
-from timely.clock import WallClock, wall_seconds
-from timely.errors import ToolError, ToolServerUnavailable
+from timely.clock import wall_seconds
+from timely.errors import ToolServerUnavailable
 from timely.policies.base import Deadline
+from timely.toolclient import sessions
+from timely.toolclient.protocol import CLOCK_HEADER, DEADLINE_HEADER, IN_PROCESS_URL
+from timely.toolclient.results import error_fields, failed, json_body, seconds
+from timely.toolclient.retry import Attempts, RetryPolicy, TimedOut
+from timely.toolclient.transport import ShardedPool, asgi_transport
 from timely.types import ToolResult
-
-CLOCK_HEADER = "X-Timely-Clock"
-DEADLINE_HEADER = "X-Timely-Deadline-S"
-IN_PROCESS_URL = "http://tool-server.in-process"
-
-# Retry backoff waits in real time whatever the episode clock is: it waits for a real server.
-_REAL = WallClock()
-_RETRY_STATUS = (429, 502, 503)
-_SHARD_SIZE = 32  # connections per pooled client (see ToolClient.__init__)
-
-
-@runtime_checkable
-class ToolBackend(Protocol):
-    """What ``run_episode`` needs from tools.
-
-    ``call`` never raises for a tool-level problem (unknown tool, invalid arguments, the tool
-    failed, the deadline passed): it returns a ToolResult whose ``error`` says what happened, and it
-    has already charged the time the call cost to ``deadline.clock``. It raises
-    ``ToolServerUnavailable`` only when the server cannot be reached within the deadline.
-    """
-
-    async def list_tools(self) -> list[dict[str, Any]]:
-        """The OpenAI ``tools`` array of every tool the backend serves."""
-        ...
-
-    async def call(
-        self,
-        name: str,
-        arguments: dict[str, Any],
-        *,
-        call_id: str,
-        session_id: str | None,
-        deadline: Deadline,
-    ) -> ToolResult: ...
-
-
-class _TimedOut(Exception):
-    """The request was sent but no answer came within its time."""
-
-
-@dataclass
-class _Attempts:
-    retries: int = 0
-    last_error: str | None = None
-    # Virtual clock: seconds the failed attempts and the waits between them cost (their reported
-    # latency plus the backoff), charged with the final answer so retries are not free.
-    virtual_s: float = 0.0
-    fault: str | None = None  # the last injected fault a failed attempt reported
 
 
 class ToolClient:
@@ -127,40 +76,19 @@ class ToolClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.margin_s = margin_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.connect_timeout_s = connect_timeout_s
         self.list_timeout_s = list_timeout_s
         self.max_call_s = max_call_s
         self.charge_service_virtual = charge_service_virtual
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # httpcore scans its whole pool on every request, which costs O(connections) per call;
-        # with hundreds of concurrent episodes that dominates, so the pool is split into small
-        # shards and each request goes to the least busy one. A given transport is not cloned.
-        shards = 1 if transport is not None else max(1, math.ceil(max_connections / _SHARD_SIZE))
-        per_shard = math.ceil(max_connections / shards)
-        # One TLS context for all shards (building one costs ~20 ms); none for plain HTTP.
-        tls = ssl.create_default_context() if self.base_url.startswith("https:") else False
-        self._shards = [
-            httpx2.AsyncClient(
-                base_url=self.base_url,
-                headers=headers,
-                transport=transport,
-                # Every request passes its own timeout; this default only guards misuse.
-                timeout=httpx2.Timeout(list_timeout_s, connect=connect_timeout_s),
-                limits=httpx2.Limits(
-                    max_connections=per_shard,
-                    max_keepalive_connections=per_shard,
-                    keepalive_expiry=30.0,
-                ),
-                trust_env=False,  # no proxies or netrc picked up behind the caller's back
-                follow_redirects=False,
-                verify=tls,
-            )
-            for _ in range(shards)
-        ]
-        self._busy = [0] * shards
+        self.retry = RetryPolicy(max_retries, backoff_s, max_backoff_s, margin_s, connect_timeout_s)
+        self._pool = ShardedPool(
+            self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            transport=transport,
+            max_connections=max_connections,
+            # Every request passes its own timeout; this default only guards misuse.
+            default_timeout_s=list_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
         self._tools: list[dict[str, Any]] | None = None
 
     @classmethod
@@ -171,9 +99,7 @@ class ToolClient:
             app: the ASGI app.
             **kwargs: as for the constructor.
         """
-        # raise_app_exceptions=False: a server bug reads as HTTP 500, as it would over TCP.
-        transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
-        return cls(IN_PROCESS_URL, transport=transport, **kwargs)
+        return cls(IN_PROCESS_URL, transport=asgi_transport(app), **kwargs)
 
     async def __aenter__(self) -> ToolClient:
         return self
@@ -183,8 +109,7 @@ class ToolClient:
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        for shard in self._shards:
-            await shard.aclose()
+        await self._pool.aclose()
 
     async def list_tools(self) -> list[dict[str, Any]]:
         """The OpenAI ``tools`` array the server publishes (fetched once, then cached).
@@ -193,14 +118,8 @@ class ToolClient:
             ToolServerUnavailable: the server cannot be reached or answers nonsense.
         """
         if self._tools is None:
-            end = wall_seconds() + self.list_timeout_s
-            try:
-                response = await self._send(
-                    "GET", "/tools", None, {}, lambda: end - wall_seconds(), _Attempts()
-                )
-            except _TimedOut:
-                raise self._unavailable(f"no answer within {self.list_timeout_s} s") from None
-            payload = _json(response)
+            response = await self._admin_request("GET", "/tools", None)
+            payload = json_body(response)
             tools = payload.get("tools") if isinstance(payload, dict) else None
             if response.status_code != 200 or not isinstance(tools, list):
                 raise self._unavailable(f"GET /tools answered HTTP {response.status_code}")
@@ -224,19 +143,7 @@ class ToolClient:
             ToolError: the server refused (the id is live, too many sessions).
             ToolServerUnavailable: the server cannot be reached.
         """
-        body: dict[str, Any] = {}
-        if session_id is not None:
-            body["session_id"] = session_id
-        if ttl_s is not None:
-            body["ttl_s"] = ttl_s
-        response = await self._admin_request("POST", "/sessions", body)
-        payload = _json(response)
-        if response.status_code == 201 and isinstance(payload, dict):
-            return str(payload["session_id"])
-        etype, message = _error_fields(
-            payload.get("error") if isinstance(payload, dict) else None, response.status_code
-        )
-        raise ToolError(f"could not create session {session_id!r}: {etype}: {message}")
+        return await sessions.create_session(self._admin_request, session_id, ttl_s)
 
     async def end_session(self, session_id: str) -> bool:
         """End a session now (its state is closed on the server).
@@ -247,23 +154,16 @@ class ToolClient:
         Raises:
             ToolServerUnavailable: the server cannot be reached.
         """
-        path = f"/sessions/{quote(session_id, safe='')}"
-        response = await self._admin_request("DELETE", path, None)
-        if response.status_code in (404, 410):
-            return False
-        if response.status_code != 200:
-            raise ToolError(f"could not end session {session_id!r}: HTTP {response.status_code}")
-        return True
+        return await sessions.end_session(self._admin_request, session_id)
 
     async def _admin_request(
         self, method: str, path: str, body: dict[str, Any] | None
     ) -> httpx2.Response:
+        """A request outside any episode: bounded by ``list_timeout_s`` of real time."""
         end = wall_seconds() + self.list_timeout_s
         try:
-            return await self._send(
-                method, path, body, {}, lambda: end - wall_seconds(), _Attempts()
-            )
-        except _TimedOut:
+            return await self._send(method, path, body, {}, lambda: end - wall_seconds())
+        except TimedOut:
             raise self._unavailable(f"no answer within {self.list_timeout_s} s") from None
 
     async def call(
@@ -296,11 +196,11 @@ class ToolClient:
         remaining = deadline.remaining()
         if remaining <= 0:
             msg = "no time is left in the budget, so the call was not made"
-            return _failed(call_id, name, "deadline_exceeded", msg)
+            return failed(call_id, name, "deadline_exceeded", msg)
         bounded = math.isfinite(remaining)
         body = {"arguments": arguments, "session_id": session_id}
         real_end = wall_seconds() + min(deadline.timeout_s(), self.max_call_s)
-        attempts = _Attempts()
+        attempts = Attempts()
 
         def headers() -> dict[str, str]:
             out = {CLOCK_HEADER: clock.kind}
@@ -332,7 +232,7 @@ class ToolClient:
             async with cutoff:
                 response = await self._send("POST", path, body, headers, time_left, attempts)
             return self._result(response, name, call_id, deadline, started, remaining, attempts)
-        except (_TimedOut, TimeoutError):
+        except (TimedOut, TimeoutError):
             if clock.kind == "virtual" or not bounded:
                 limit = min(deadline.timeout_s(), self.max_call_s)
                 raise self._unavailable(
@@ -344,7 +244,7 @@ class ToolClient:
             elapsed = clock.now() - started
             clock.charge(elapsed, "tool")
             msg = f"no answer within the {remaining:.3f} s left; the call was abandoned"
-            result = _failed(call_id, name, "deadline_exceeded", msg, elapsed, attempts.retries)
+            result = failed(call_id, name, "deadline_exceeded", msg, elapsed, attempts.retries)
             return result.model_copy(update={"fault": attempts.fault})
         except ToolServerUnavailable:
             if clock.kind == "wall":
@@ -359,10 +259,11 @@ class ToolClient:
         deadline: Deadline,
         started: float,
         remaining: float,
-        attempts: _Attempts,
+        attempts: Attempts,
     ) -> ToolResult:
+        """Charge the answered call to the clock and turn the answer into a ToolResult."""
         clock = deadline.clock
-        payload = _json(response)
+        payload = json_body(response)
         status = response.status_code
         fault = payload.get("fault") if isinstance(payload, dict) else None
         fault = str(fault) if fault is not None else attempts.fault
@@ -375,10 +276,10 @@ class ToolClient:
                 f"{'with a non-JSON body' if not isinstance(payload, dict) else ''}".strip(),
                 attempts.retries,
             )
-        latency = _float(payload.get("latency_s"))
-        service = _float(payload.get("service_s"))
+        latency = seconds(payload.get("latency_s"))
+        service = seconds(payload.get("service_s"))
         # Modelled work: what a virtual clock charges for the tool's own work (deterministic).
-        work = _float(payload.get("work_s")) if clock.kind == "virtual" and status != 504 else 0.0
+        work = seconds(payload.get("work_s")) if clock.kind == "virtual" and status != 504 else 0.0
         if clock.kind == "virtual" and not self.charge_service_virtual:
             service = 0.0  # not charged, so not recorded: virtual records stay reproducible
         if clock.kind == "wall":
@@ -404,7 +305,7 @@ class ToolClient:
             result = payload.get("result")
             content = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
             return ToolResult(content=content, **common)
-        etype, message = _error_fields(error, status)
+        etype, message = error_fields(error, status)
         if status == 504:
             etype = "deadline_exceeded"
         return ToolResult(content=f"Error ({etype}): {message}", error=etype, **common)
@@ -416,62 +317,19 @@ class ToolClient:
         body: dict[str, Any] | None,
         headers: Callable[[], dict[str, str]] | dict[str, str],
         time_left: Callable[[], float],
-        attempts: _Attempts,
+        attempts: Attempts | None = None,
     ) -> httpx2.Response:
-        """Send, retrying transport failures while ``time_left()`` allows.
-
-        A retryable HTTP answer (429, 502, 503) is returned as is once no retry fits, so the
-        caller can report it; a connection that cannot be made raises ToolServerUnavailable.
-        """
-        while True:
-            left = max(0.001, time_left())
-            attempts.last_error = None  # set again only if this attempt fails
-            timeout = httpx2.Timeout(left, connect=min(left, self.connect_timeout_s))
-            sent = headers() if callable(headers) else headers
-            response: httpx2.Response | None = None
-            try:
-                response = await self._request(method, path, body, sent, timeout)
-            except (httpx2.ReadTimeout, httpx2.WriteTimeout, httpx2.PoolTimeout):
-                raise _TimedOut from None
-            except httpx2.TransportError as exc:
-                attempts.last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code not in _RETRY_STATUS:
-                    return response
-                attempts.last_error = f"HTTP {response.status_code}"
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempts.retries)
-            if response is not None:
-                delay = max(delay, _retry_after(response))
-            # Only retry when, after the wait, a real attempt still fits in the time left.
-            if attempts.retries >= self.max_retries or time_left() - delay <= self.margin_s:
-                if response is not None:
-                    return response
-                raise self._unavailable(attempts.last_error, attempts.retries)
-            if response is not None:
-                payload = _json(response)
-                if isinstance(payload, dict):
-                    attempts.fault = payload.get("fault") or attempts.fault
-                    attempts.virtual_s += _float(payload.get("latency_s"))
-            attempts.virtual_s += delay
-            attempts.retries += 1
-            await _REAL.sleep(delay)
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        headers: dict[str, str],
-        timeout: httpx2.Timeout,
-    ) -> httpx2.Response:
-        i = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[i] += 1
-        try:
-            return await self._shards[i].request(
-                method, path, json=body, headers=headers, timeout=timeout
-            )
-        finally:
-            self._busy[i] -= 1
+        """Send with the client's retry policy on its pool (see :meth:`RetryPolicy.send`)."""
+        return await self.retry.send(
+            self._pool.request,
+            method,
+            path,
+            body,
+            headers,
+            time_left,
+            attempts if attempts is not None else Attempts(),
+            self._unavailable,
+        )
 
     def _unavailable(self, why: str, retries: int = 0) -> ToolServerUnavailable:
         tries = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
@@ -480,45 +338,3 @@ class ToolClient:
             "`timely tool-server` (or server.app.serve / running_server) and check the URL "
             "and port."
         )
-
-
-def _failed(
-    call_id: str, name: str, etype: str, message: str, charged: float = 0.0, retries: int = 0
-) -> ToolResult:
-    return ToolResult(
-        call_id=call_id,
-        name=name,
-        content=f"Error ({etype}): {message}",
-        error=etype,
-        charged_s=charged,
-        retries=retries,
-    )
-
-
-def _retry_after(response: httpx2.Response) -> float:
-    """Seconds a 429/503 asks the client to wait (0 when absent or not a number)."""
-    try:
-        return max(0.0, float(response.headers.get("retry-after", 0)))
-    except ValueError:
-        return 0.0
-
-
-def _json(response: httpx2.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _float(value: Any) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return out if out >= 0 else 0.0
-
-
-def _error_fields(error: Any, status: int) -> tuple[str, str]:
-    if isinstance(error, dict):
-        return str(error.get("type") or f"http_{status}"), str(error.get("message") or "")
-    return f"http_{status}", f"the tool server answered HTTP {status}"
