@@ -294,7 +294,7 @@ class _Episode:
         try:
             # Backends stop at the deadline themselves and return what they sampled (kept for
             # audits and training); the cutoff is the backstop for those that do not.
-            async with self.clock.cutoff(self.stop_at + _CUTOFF_GRACE_S):
+            async with self.clock.cutoff(self.stop_at + _GENERATION_GRACE_S):
                 completion = await self.policy.generate(
                     messages, self.tool_schemas, deadline=deadline
                 )
@@ -525,6 +525,8 @@ class _Episode:
 # at it; the loop's own cutoff is a backstop a little later so the backend's recorded outcome
 # (what it sampled, what the call cost) wins when both fire.
 _CUTOFF_GRACE_S = 0.5
+# A local model checks its wall end between decode steps, so its answer arrives within a step.
+_GENERATION_GRACE_S = 0.1
 
 
 def _with_unique_call_ids(completion: Completion, turn: int) -> Completion:
