@@ -38,6 +38,7 @@ from timely.policies.logprobs import accepts_logits_to_keep, token_logprobs
 from timely.train.config import RLConfig
 
 ADV_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
+MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a separate pass
 
 
 def group_advantages(rewards: np.ndarray, loss: str, eps: float = ADV_EPS) -> np.ndarray:
@@ -274,9 +275,12 @@ def sample_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the sampled ids of ``chunk`` by one teacher-forced forward pass.
 
-    Rows are right-padded, so positions and attention are those of each row alone without a
-    mask; logits are kept only from the first sampled position on (``logits_to_keep``), and
-    the full-vocabulary work is done only at sampled positions. Values follow the sampler's
+    The prefix every row shares (a group's prompt: the rollouts of one instance start alike,
+    and instances of one task share their system prompt) runs once, and its KV cache is
+    repeated for the rows; gradients flow through it as through a full pass. The rest is
+    right-padded, so positions and attention are those of each row alone without a mask.
+    Logits are kept only from the first sampled position on (``logits_to_keep``) and the
+    full-vocabulary work is done only at sampled positions. Values follow the sampler's
     definition, ``log_softmax(logits / temperature)`` at the sampled id.
 
     Returns:
@@ -292,11 +296,27 @@ def sample_logprobs(
     first = min(s.mask.index(1) for s in chunk)  # every row has a sampled token
     device = getattr(model, "device", torch.device("cpu"))
     keep = width - first + 1  # positions first-1 .. width-1; the last one predicts nothing
-    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
+    # The shared prefix stops before position first-1, whose logits the suffix pass computes.
+    shared = _shared_prefix(chunk, first - 1) if len(chunk) > 1 else 0
+    cache = None
+    if shared >= MIN_SHARED_PREFIX and accepts_logits_to_keep(model):
+        prefix = ids[:1, :shared].to(device)
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(chunk))
+    else:
+        shared = 0
+    kwargs: dict[str, Any] = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
+    if cache is not None:
+        positions = torch.arange(shared, width, device=device).expand(len(chunk), -1)
+        kwargs.update(past_key_values=cache, position_ids=positions, use_cache=True)
+    else:
+        kwargs["use_cache"] = False
     # No attention mask: with right padding causality alone keeps every real token from the
     # pads, and the unmasked causal path is several times faster than a padded mask.
-    out = model(input_ids=ids.to(device), use_cache=False, **kwargs)
-    logits = out.logits[:, -keep:-1] if kwargs else out.logits[:, first - 1 : -1]
+    out = model(input_ids=ids[:, shared:].to(device), **kwargs)
+    logits = (
+        out.logits[:, -keep:-1] if "logits_to_keep" in kwargs else out.logits[:, first - 1 : -1]
+    )
     picked = mask[:, first:].to(device)
     selected = logits[picked]  # [sampled tokens, vocab]
     targets = ids[:, first:].to(device)[picked]
@@ -310,9 +330,27 @@ def sample_logprobs(
     return logprobs.cpu(), ent.cpu() if ent is not None else None
 
 
+def _shared_prefix(chunk: Sequence[Sample], limit: int) -> int:
+    """How many leading ids (at most ``limit``) every row of ``chunk`` has in common."""
+    head = chunk[0].token_ids[:limit]
+    n = len(head)
+    for s in chunk[1:]:
+        other = s.token_ids[:n]
+        n = next((i for i, (a, b) in enumerate(zip(head, other, strict=False)) if a != b), n)
+        n = min(n, len(other))
+    return n
+
+
 def _micro_batches(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
-    """Rows sorted by length (less padding), in chunks of ``size``; deterministic."""
-    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].token_ids), i))
+    """Rows in chunks of ``size``, sorted by their prompt (the first sampled id's prefix) and
+    then by length, so a chunk tends to share a long prefix and little padding; deterministic.
+    """
+
+    def key(i: int) -> tuple[list[int], int, int]:
+        s = samples[i]
+        return s.token_ids[: s.mask.index(1)], len(s.token_ids), i
+
+    order = sorted(range(len(samples)), key=key)
     for i in range(0, len(order), size):
         yield [samples[j] for j in order[i : i + size]]
 

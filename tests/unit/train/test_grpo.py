@@ -67,7 +67,14 @@ class _Scripted(ScriptedLM):
     """The helper's scripted model with its lift written as one out-of-place ``index_put`` per
     assistant turn: the same values and the same gradients (the lifted logit is the best other
     logit plus the margin), but a few autograd nodes instead of one in-place write per lifted
-    token, which costs seconds per backward over long multi-turn rows."""
+    token, which costs seconds per backward over long multi-turn rows. A cache repeated for
+    several rows (the trainer's shared-prefix pass) gets its seen ids repeated too."""
+
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        seen = getattr(past_key_values, "timely_seen_ids", None)
+        if seen is not None and len(seen) != len(input_ids):  # a shared prefix's cache, repeated
+            past_key_values.timely_seen_ids = seen.repeat_interleave(len(input_ids), dim=0)
+        return super().forward(input_ids, past_key_values=past_key_values, **kwargs)
 
     def _lift(self, seen: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         width, n_positions, h = seen.shape[1], logits.shape[1], len(self.header)
@@ -316,6 +323,37 @@ def test_micro_batching_does_not_change_the_step(tok):
         assert stats.grad_norm == pytest.approx(base.grad_norm, rel=1e-4)
         for name, tensor in trained.items():
             torch.testing.assert_close(tensor, weights[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["lora", "scripted"])
+def test_a_shared_prefix_pass_gives_the_per_row_values_and_gradients(tok, which):
+    """Rows sharing a prompt run it once; log-probs and gradients are those of separate rows."""
+    if which == "lora":
+        model = _lora_tiny(tok)
+    else:
+        model = _scripted(tok, tool_then_answer("1 + 2", answer="3"))
+    gen = torch.Generator().manual_seed(5)
+    prompt = torch.randint(3, len(tok), (40,), generator=gen).tolist()
+    if which == "scripted":  # an assistant header in the prompt: the lift acts on the rows
+        prompt += tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    rows = [prompt + torch.randint(3, len(tok), (n,), generator=gen).tolist() for n in (9, 14, 5)]
+    masks = [[0] * len(prompt) + [1] * (len(r) - len(prompt)) for r in rows]
+    masks[1][len(prompt) + 2] = 0  # a gap, as a tool result would leave
+    samples = build_batch(rows, masks, [[0.0] * len(r) for r in rows], [1.0, 1.0, 1.0],
+                          loss="dapo", max_tokens=1)  # fmt: skip
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(chunks):
+        values = torch.cat([sample_logprobs(model, c, 0.8)[0] for c in chunks])
+        grads = torch.autograd.grad(values.sum(), params, allow_unused=True)
+        return values.detach(), [g for g in grads if g is not None]
+
+    together, grads_together = run([samples])
+    apart, grads_apart = run([[s] for s in samples])
+    torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-5)
+    assert len(grads_together) == len(grads_apart) > 0
+    for a, b in zip(grads_together, grads_apart, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
