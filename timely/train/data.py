@@ -1,18 +1,19 @@
 """Cold-start SFT data: budget-aware experts played through the one loop, tokenised exactly as
 the local policy would have seen the same conversation.
 
-:func:`build_dataset` plays the scripted expert (:mod:`timely.train.experts`) over the train
-split of each task, one drawn setting per episode (:func:`timely.train.episodes.draw_setting`:
-latency, time-status mode, a budget of 0.5x-3x the expert's unconstrained time, or no limit),
-keeps the answered on-time episodes and turns each into one training example. There is no second
-loop: the expert records text only, so :func:`with_token_records` fills a copy's per-step token
-records the way :class:`~timely.policies.hf.HFPolicy` would have recorded them - turn ``k``'s
-prompt ids are :func:`~timely.prompting.prompt_token_ids` of the messages before it, its
-"sampled" ids the tokenisation of :func:`~timely.prompting.assistant_text` plus the template's
-end-of-turn token - and :func:`timely.train.view.training_view` derives the masked sequence
-from them, as it does for the model's own rollouts (:func:`add_rejection_samples`). The ids of
-an expert example decode to exactly ``render_prompt(messages, add_generation_prompt=False)``;
-the loss mask covers the assistant contents, tool-call blocks and their ``<|im_end|>``.
+:func:`build_dataset` plays the scripted expert (:func:`timely.train.experts.play_experts`) over
+the train split of each task, one drawn setting per episode
+(:func:`timely.train.episodes.draw_setting`: latency, time-status mode, a budget of 0.5x-3x the
+expert's unconstrained time, or no limit), keeps the answered on-time episodes and turns each
+into one training example. There is no second loop: the expert records text only, so
+:func:`with_token_records` fills a copy's per-step token records the way
+:class:`~timely.policies.hf.HFPolicy` would have recorded them - turn ``k``'s prompt ids are
+:func:`~timely.prompting.prompt_token_ids` of the messages before it, its "sampled" ids the
+tokenisation of :func:`~timely.prompting.assistant_text` plus the template's end-of-turn token -
+and :func:`timely.train.view.training_view` derives the masked sequence from them, as it does
+for the model's own rollouts (:func:`add_rejection_samples`). The ids of an expert example
+decode to exactly ``render_prompt(messages, add_generation_prompt=False)``; the loss mask covers
+the assistant contents, tool-call blocks and their ``<|im_end|>``.
 
 A dataset directory holds ``train-*.parquet`` shards (one per source, same schema; the
 ``messages`` and ``tools`` columns let anyone re-tokenise for another model), the played
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -33,17 +33,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from timely.clock import VirtualClock, wall_seconds
+from timely.clock import wall_seconds
 from timely.config import config_hash, dump_yaml
 from timely.errors import TrainingDataError
-from timely.loop import run_episode
 from timely.policies.hf_models import EMBEDDED_MODEL
 from timely.prompting import ToolFormat, assistant_text, prompt_token_ids, resolve_tool_format
 from timely.rng import make_rng
-from timely.task import Task, make_task
 from timely.train.config import DataConfig
-from timely.train.episodes import NO_LIMIT_S, Setting, ToolPool, draw_setting, tool_pool
-from timely.train.experts import clock_reads, make_expert, tokenized_seconds
+from timely.train.episodes import NO_LIMIT_S
+from timely.train.experts import clock_reads, play_experts
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason, Message, Trajectory, iter_jsonl, write_jsonl
 
@@ -325,97 +323,6 @@ def build_dataset(
     return out
 
 
-async def play_experts(
-    config: DataConfig, *, tokenizer: Any = None, progress: bool = True
-) -> list[Trajectory]:
-    """Every expert episode of ``config``: per task, train seeds 0..N-1, one drawn setting each.
-
-    Settings are drawn from one Generator per task (seeded by ``config.seed`` and the task id),
-    so adding a task does not change the others' episodes.
-
-    Args:
-        config: the data config.
-        tokenizer: the tokenizer whose counts charge expert turns (``timing: tokenizer``);
-            None loads the embedded model's.
-        progress: show a rich progress bar.
-    """
-    if config.timing == "tokenizer" and tokenizer is None:
-        tokenizer = load_tokenizer()
-    played: list[Trajectory] = []
-    with _bar(progress, len(config.tasks) * config.episodes_per_task) as advance:
-        async with tool_pool(config.seed) as pool:
-            for task_id in config.tasks:
-                rng = make_rng("cold-start", config.seed, task_id)
-                options = dict(config.task_options.get(task_id, {}))
-                for seed in range(config.episodes_per_task):
-                    task = make_task(task_id, seed=seed, split="train", **options)
-                    traj = await play_expert(config, pool, task, rng, options, tokenizer)
-                    played.append(traj)
-                    advance(task_id)
-    return played
-
-
-async def play_expert(
-    config: DataConfig,
-    pool: ToolPool,
-    task: Task,
-    rng: Any,
-    options: dict[str, Any],
-    tokenizer: Any = None,
-) -> Trajectory:
-    """One expert episode of ``task`` under a setting drawn from ``rng``; with ``timing:
-    tokenizer`` its turns are charged by ``tokenizer``'s counts, and so is the unconstrained
-    time its budget is a multiple of."""
-    tokenizer = tokenizer if config.timing == "tokenizer" else None
-    setting = await draw_setting(
-        rng,
-        pool,
-        task,
-        latencies=config.latencies,
-        time_modes=config.time_modes,
-        multipliers=config.budget_multipliers,
-        no_limit_share=config.no_limit_share,
-        speed=config.speed,
-    )
-    if tokenizer is not None and setting.limited:
-        assert setting.multiplier is not None
-        unconstrained = await tokenized_seconds(
-            pool, task, setting.latency, setting.time_mode, config.speed, tokenizer
-        )
-        setting = dataclasses.replace(
-            setting, budget_s=round(setting.multiplier * unconstrained, 3)
-        )
-    every = config.clock_every if setting.time_mode == "pull" else 0
-    traj = await run_episode(
-        make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),
-        task,
-        await pool.get(setting.latency),
-        VirtualClock(),
-        setting.budget(),
-        options=setting.options(config.reward),
-        latency=setting.latency,
-        config_hash=config_hash(config),
-    )
-    answered = traj.end_reason == EndReason.ANSWERED
-    calls = traj.n_tool_calls - clock_reads(traj.messages)
-    traj.metadata["setting"] = setting_record(setting)
-    traj.metadata["task_options"] = options
-    traj.metadata["early"] = answered and calls < len(task.solution().calls)
-    return traj
-
-
-def setting_record(setting: Setting) -> dict[str, Any]:
-    """What a trajectory's ``metadata["setting"]`` records of its drawn setting (the dataset's
-    ``multiplier`` and ``time_mode`` columns come from it)."""
-    return {
-        "latency": setting.latency,
-        "time_mode": setting.time_mode,
-        "budget_s": setting.budget_s if setting.limited else None,
-        "multiplier": setting.multiplier,
-        "speed": setting.speed.name,
-    }
-
-
 # -- rejection sampling ----------------------------------------------------------------------
 def add_rejection_samples(
     dataset_dir: str | Path, trajectories: Iterable[Trajectory], min_reward: float
@@ -492,17 +399,6 @@ def _quiet_datasets() -> Iterator[None]:
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
-
-
-@contextlib.contextmanager
-def _bar(enabled: bool, total: int) -> Iterator[Any]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
-        job = bar.add_task("expert episodes", total=total)
-        yield lambda what: bar.update(job, advance=1, description=f"experts · {what}")
 
 
 def dataset_path(data_dir: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""Budget-aware experts for cold-start data, played through the one loop over drawn settings.
+"""Budget-aware experts for cold-start data, played through the one loop over drawn settings
+(:func:`play_experts`).
 
 The expert is ``scripted:budget-aware``: it replays a task's reference solution and, when the
 next step would not fit in the time left, answers with the best partial result it has
@@ -27,18 +28,24 @@ next step would not fit in the time left, answers with the best partial result i
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from timely.budget import GET_DURATION_TOOL, Budget, TimeAwareness
 from timely.clock import VirtualClock, speed_profile
+from timely.config import config_hash
 from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import Deadline, Policy, bind_policy, make_policy
 from timely.policies.scripted import prompt_chars
 from timely.prompting import CHARS_PER_TOKEN, ToolFormat, assistant_text, prompt_token_ids
-from timely.train.episodes import NO_LIMIT_S, ToolPool
-from timely.types import Completion, Message, ToolCall
+from timely.rng import make_rng
+from timely.task import make_task
+from timely.train.config import DataConfig
+from timely.train.episodes import NO_LIMIT_S, Setting, ToolPool, draw_setting, tool_pool
+from timely.types import Completion, EndReason, Message, ToolCall, Trajectory
 
 if TYPE_CHECKING:
     from timely.task import Task
@@ -243,3 +250,107 @@ def _results_since_clock(messages: Sequence[Message]) -> int:
 
 def _prompt_tokens(messages: Sequence[Message], tools: list[dict[str, Any]]) -> int:
     return math.ceil(prompt_chars(list(messages), tools) / CHARS_PER_TOKEN)
+
+
+# -- playing the experts ---------------------------------------------------------------------
+async def play_experts(
+    config: DataConfig, *, tokenizer: Any = None, progress: bool = True
+) -> list[Trajectory]:
+    """Every expert episode of ``config``: per task, train seeds 0..N-1, one drawn setting each.
+
+    Settings are drawn from one Generator per task (seeded by ``config.seed`` and the task id),
+    so adding a task does not change the others' episodes.
+
+    Args:
+        config: the data config.
+        tokenizer: the tokenizer whose counts charge expert turns (needed with ``timing:
+            tokenizer``).
+        progress: show a rich progress bar.
+    """
+    played: list[Trajectory] = []
+    with _bar(progress, len(config.tasks) * config.episodes_per_task) as advance:
+        async with tool_pool(config.seed) as pool:
+            for task_id in config.tasks:
+                rng = make_rng("cold-start", config.seed, task_id)
+                options = dict(config.task_options.get(task_id, {}))
+                for seed in range(config.episodes_per_task):
+                    task = make_task(task_id, seed=seed, split="train", **options)
+                    traj = await play_expert(config, pool, task, rng, options, tokenizer)
+                    played.append(traj)
+                    advance(task_id)
+    return played
+
+
+async def play_expert(
+    config: DataConfig,
+    pool: ToolPool,
+    task: Task,
+    rng: Any,
+    options: dict[str, Any],
+    tokenizer: Any = None,
+) -> Trajectory:
+    """One expert episode of ``task`` under a setting drawn from ``rng``; with ``timing:
+    tokenizer`` its turns are charged by ``tokenizer``'s counts, and so is the unconstrained
+    time its budget is a multiple of."""
+    if config.timing == "estimate":
+        tokenizer = None
+    elif tokenizer is None:
+        raise ValueError("timing: tokenizer needs the SFT model's tokenizer (load_tokenizer)")
+    setting = await draw_setting(
+        rng,
+        pool,
+        task,
+        latencies=config.latencies,
+        time_modes=config.time_modes,
+        multipliers=config.budget_multipliers,
+        no_limit_share=config.no_limit_share,
+        speed=config.speed,
+    )
+    if tokenizer is not None and setting.limited:
+        assert setting.multiplier is not None
+        unconstrained = await tokenized_seconds(
+            pool, task, setting.latency, setting.time_mode, config.speed, tokenizer
+        )
+        setting = dataclasses.replace(
+            setting, budget_s=round(setting.multiplier * unconstrained, 3)
+        )
+    every = config.clock_every if setting.time_mode == "pull" else 0
+    traj = await run_episode(
+        make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),
+        task,
+        await pool.get(setting.latency),
+        VirtualClock(),
+        setting.budget(),
+        options=setting.options(config.reward),
+        latency=setting.latency,
+        config_hash=config_hash(config),
+    )
+    answered = traj.end_reason == EndReason.ANSWERED
+    calls = traj.n_tool_calls - clock_reads(traj.messages)
+    traj.metadata["setting"] = setting_record(setting)
+    traj.metadata["task_options"] = options
+    traj.metadata["early"] = answered and calls < len(task.solution().calls)
+    return traj
+
+
+def setting_record(setting: Setting) -> dict[str, Any]:
+    """What a trajectory's ``metadata["setting"]`` records of its drawn setting (the dataset's
+    ``multiplier`` and ``time_mode`` columns come from it)."""
+    return {
+        "latency": setting.latency,
+        "time_mode": setting.time_mode,
+        "budget_s": setting.budget_s if setting.limited else None,
+        "multiplier": setting.multiplier,
+        "speed": setting.speed.name,
+    }
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int) -> Iterator[Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
+        job = bar.add_task("expert episodes", total=total)
+        yield lambda what: bar.update(job, advance=1, description=f"experts · {what}")

@@ -25,12 +25,12 @@ from timely.train.data import (
     build_dataset,
     load_sft_dataset,
     load_tokenizer,
-    play_expert,
     read_trajectories,
     trajectory_rows,
     with_token_records,
 )
 from timely.train.episodes import tool_pool
+from timely.train.experts import play_expert
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason
 

@@ -153,7 +153,7 @@ def test_two_lora_steps_on_the_embedded_model(tmp_path):
     build_dataset(data, tmp_path / "data", progress=False)
     run = tmp_path / "run"
     cfg = SFTConfig(lr=1e-3, warmup_steps=0, epochs=1, batch_size=1, micro_batch_size=1)
-    out = run_sft(cfg, tmp_path / "data", run, threads=2, progress=False)
+    out = run_sft(cfg, tmp_path / "data", run, threads=1, progress=False)  # robust on busy cores
     curve = losses(run)
     assert len(curve) == 2 and all(np.isfinite(curve))
     adapter = json.loads((out / "adapter_config.json").read_text())
