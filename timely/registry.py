@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import threading
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -16,6 +17,12 @@ from typing import Any, Generic, TypeVar
 from timely.errors import RegistryError
 
 T = TypeVar("T")
+
+# Lazy entries are imported on first use, often from several threads at once (episodes built
+# in worker threads): one lock, so two threads never import sibling modules of one package
+# concurrently (Python's import locks then report a deadlock) and nobody sees a half-filled
+# plugin list. Re-entrant: importing an entry may register, or look up, another.
+_LOAD_LOCK = threading.RLock()
 
 
 def load_object(target: str) -> Any:
@@ -86,9 +93,11 @@ class Registry(Generic[T]):
         except KeyError:
             raise RegistryError(self._unknown(name)) from None
         if isinstance(obj, str):
-            obj = load_object(obj)
-            self._items[name] = obj
-            self._help.setdefault(name, _first_line(obj))
+            with _LOAD_LOCK:
+                current = self._items[name]
+                obj = load_object(current) if isinstance(current, str) else current
+                self._items[name] = obj
+                self._help.setdefault(name, _first_line(obj))
         return obj  # type: ignore[return-value]
 
     def help(self, name: str) -> str:
@@ -130,10 +139,13 @@ class Registry(Generic[T]):
     def _load_plugins(self) -> None:
         if self._plugins_loaded or not self._group:
             return
-        self._plugins_loaded = True
-        for ep in entry_points(group=self._group):
-            if ep.name not in self._items:
-                self._items[ep.name] = ep.value
+        with _LOAD_LOCK:
+            if self._plugins_loaded:
+                return
+            for ep in entry_points(group=self._group):
+                if ep.name not in self._items:
+                    self._items[ep.name] = ep.value
+            self._plugins_loaded = True
 
 
 def _first_line(obj: object) -> str:

@@ -59,6 +59,7 @@ def play_chunk(suite_json: str, items_json: list[str]) -> ChunkResult:
     Returns:
         ``(key, trajectory JSON or None, error or None)`` for every item.
     """
+    import timely_eval.tasks  # noqa: F401 - registers the built-in families in this worker
     from timely_eval.episodes import Runtime
     from timely_eval.runner import LocalExecutor
 
