@@ -58,7 +58,7 @@ def _data(config: TrainConfig, dirs: dict[str, Path], done: dict[str, Path]) -> 
 
     out = dirs["data"]
     write_run_record(out, config.data, seeds=[config.data.seed], extra={"stage": "data"})
-    return build_dataset(config.data, out)
+    return build_dataset(config.data, out, model=config.sft.model)
 
 
 def _sft(config: TrainConfig, dirs: dict[str, Path], done: dict[str, Path]) -> Path:
