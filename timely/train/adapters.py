@@ -85,7 +85,8 @@ def save_adapter(model: Any, target: Path, base_model: str) -> Path:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.peft_config["default"].base_model_name_or_path = base_model
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    # save_embedding_layers=False: peft would otherwise look the base up on the hub.
+    model.save_pretrained(str(tmp), selected_adapters=["default"], save_embedding_layers=False)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

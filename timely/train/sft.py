@@ -336,7 +336,8 @@ def _save_output(model: Any, tokenizer: Any, config: SFTConfig, output: Path) ->
     if config.lora is not None:
         # The run dir must not record where this machine keeps the base model: name it instead.
         model.peft_config["default"].base_model_name_or_path = config.model
-        model.save_pretrained(str(tmp))
+        # save_embedding_layers=False: peft would otherwise look the base up on the hub.
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
     else:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
