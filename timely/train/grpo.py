@@ -134,7 +134,7 @@ def run_rl(
 
     Calling it again on the same ``run_dir`` resumes from the latest checkpoint (same step,
     optimizer, scheduler, RNG and data order); a larger ``config.steps`` continues a finished
-    run. Everything else must match what the run was started with.
+    run. Everything else but ``save_every`` must match what the run was started with.
 
     Args:
         config: the RL stage config.

@@ -152,20 +152,23 @@ def check_ratio(row: dict[str, Any], progress: Progress) -> None:
 
 
 def record_run(run_dir: Path, config: RLConfig, init: str | None, base_model: str) -> None:
-    """Write what the run is, or check a resumed run matches it (only ``steps`` may grow)."""
+    """Write what the run is, or check a resumed run matches it (only ``steps`` and
+    ``save_every`` may change)."""
     record = {"rl": config.model_dump(mode="json"), "init": init, "base_model": base_model}
     path = run_dir / RUN_FILE
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
-        now = {**record, "rl": {**record["rl"], "steps": None}}
-        was = {**before, "rl": {**before.get("rl", {}), "steps": None}}
+        free = {"steps": None, "save_every": None}
+        now = {**record, "rl": {**record["rl"], **free}}
+        was = {**before, "rl": {**before.get("rl", {}), **free}}
         if now != was:
             diff = sorted(
                 k for k in {*now["rl"], *was["rl"]} if now["rl"].get(k) != was["rl"].get(k)
             ) + [k for k in ("init", "base_model") if now[k] != was.get(k)]
             raise ConfigError(
                 f"{run_dir} holds a run started with other settings ({', '.join(diff)}); resume "
-                "with the same config (only rl.steps may change) or use a new run directory"
+                "with the same config (only rl.steps and rl.save_every may change) or use a new "
+                "run directory"
             )
     path.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
@@ -193,28 +196,23 @@ def truncate_jsonl(path: Path, keep_through: int) -> None:
 
 
 class Progress:
-    """A rich progress bar over batches, with the latest reward and timing."""
+    """A rich progress bar over batches, with the latest reward and timing; where the console
+    is not a terminal (a log file), one line per batch instead."""
 
     def __init__(self, done: int, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich import progress as rp
 
-        self.bar = Progress(
-            TextColumn("[bold]timely-rl"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+        self.bar = rp.Progress(
+            rp.TextColumn("[bold]timely-rl"),
+            rp.BarColumn(),
+            rp.MofNCompleteColumn(),
+            rp.TimeElapsedColumn(),
+            rp.TimeRemainingColumn(),
+            rp.TextColumn("{task.fields[info]}"),
         )
         self.console = self.bar.console
         self.task = self.bar.add_task("rl", total=total, completed=done, info="")
+        self.total = total
 
     def __enter__(self) -> Progress:
         self.bar.start()
@@ -231,3 +229,5 @@ class Progress:
             f"rollout {row['rollout_s']:.0f}s  update {row['update_s']:.0f}s"
         )
         self.bar.update(self.task, advance=1, info=info)
+        if not self.console.is_terminal:
+            self.console.print(f"timely-rl batch {row['step']}/{self.total}  {info}")
