@@ -395,7 +395,9 @@ class _Lockstep:
 
 @dataclass
 class _Member:
-    """One episode's view of the lockstep batcher: a Policy."""
+    """One episode's view of the lockstep batcher: a Policy whose ``generate`` waits for the
+    lockstep call; anything else the loop asks (``count_prompt_tokens``) is the policy's, so
+    rollouts see the same token caps as the policy would give an eval."""
 
     lockstep: _Lockstep
     index: int
@@ -405,6 +407,11 @@ class _Member:
         self, messages: list[Message], tools: list[dict[str, Any]], *, deadline: Any
     ) -> Completion:
         return await self.lockstep.generate(self.index, (messages, tools, deadline))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "lockstep":  # copies and pickles look these up
+            raise AttributeError(name)
+        return getattr(self.lockstep.policy, name)
 
 
 # --- rewards and training rows ------------------------------------------------------------------

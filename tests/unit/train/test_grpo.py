@@ -433,6 +433,18 @@ async def test_rollouts_are_a_function_of_weights_step_and_data_rng(calculator_m
     assert len(speeds) == config.prompts_per_step * config.group_size  # one per rollout
 
 
+def test_a_lockstep_member_is_the_policy_but_for_generate(calculator_model, tok):
+    from timely.train.grpo import _Lockstep
+
+    policy = HFPolicy(calculator_model, tok, name="p")
+    member = _Lockstep(policy, 1).member(0)
+    assert member.name == "p" and member.tool_format == policy.tool_format
+    assert not hasattr(member, "bind")  # run_episode binds only scripted policies
+    messages = [Message(role="user", content="hi")]
+    if hasattr(policy, "count_prompt_tokens"):  # the loop's exact token cap, as in an eval
+        assert member.count_prompt_tokens(messages, []) == policy.count_prompt_tokens(messages, [])
+
+
 async def test_wall_clock_rollouts_use_the_micro_batcher(calculator_model, tok):
     config = tiny_config(clock="wall", group_size=2, prompts_per_step=1, max_turns=1)
     (group,) = await _rollouts(copy.deepcopy(calculator_model), tok, config)
