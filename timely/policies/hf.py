@@ -120,6 +120,12 @@ class HFPolicy:
         """The exact prompt token ids this policy feeds the model."""
         return prompt_token_ids(self.tokenizer, messages, tools, tool_format=self.tool_format)
 
+    def count_prompt_tokens(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+    ) -> int:
+        """Prompt length in this model's tokens (the loop caps generation by the budget left)."""
+        return len(self.prompt_ids(messages, tools))
+
     async def generate(
         self, messages: list[Message], tools: list[dict[str, Any]], *, deadline: Deadline
     ) -> Completion:

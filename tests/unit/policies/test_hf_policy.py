@@ -227,3 +227,32 @@ async def test_a_cancelled_caller_stops_its_row(model, tok, monkeypatch):
     out = await policy.generate(convo("b"), [], deadline=virtual(max_new_tokens=2))
     assert out.completion_tokens == 2
     assert lengths[0] < 4000
+
+
+async def test_the_loops_token_cap_counts_the_prompt_with_this_tokenizer(model, tok):
+    """The loop caps generation by what fits in the budget after the prompt as this model's
+    tokenizer counts it (template, tool schemas and all), not by a character estimate."""
+    from tests.helpers.env import in_process_tools
+    from timely.budget import Budget
+    from timely.clock import speed_profile
+    from timely.loop import run_episode
+    from timely.task import make_task
+
+    seen: list[tuple[int | None, int]] = []
+
+    class Spy(HFPolicy):
+        async def generate(self, messages, tools, *, deadline):
+            seen.append((deadline.max_new_tokens, len(self.prompt_ids(messages, tools))))
+            return await super().generate(messages, tools, deadline=deadline)
+
+    policy = Spy(model, tok, max_new_tokens=8)
+    async with in_process_tools() as tools:
+        await run_episode(
+            policy,
+            make_task("math/arithmetic-v1", seed=0),
+            tools,
+            VirtualClock(),
+            Budget(seconds=9),
+        )
+    cap, prompt = seen[0]
+    assert cap == speed_profile("small-fast").max_tokens_within(9, prompt)
