@@ -396,9 +396,10 @@ class _Episode:
                 f"{call.name!r}. Available tools: {sorted(offered)}.",
             )
         elif call.name == GET_DURATION_TOOL:
-            line = self.opts.time.status_line(self.status())
+            status = self.status()
+            line = self.opts.time.status_line(status)
             result = ToolResult(call_id=call.id, name=call.name, content=line)
-            await self._status_shown("pull", step.index, line)
+            await self._status_shown("pull", step.index, status, line)
         else:
             deadline = Deadline(at=self.stop_at, clock=self.clock)
             assert self.tools is not None  # offered tools imply a backend
@@ -433,14 +434,16 @@ class _Episode:
     async def observation(self, call: ToolCall, result: ToolResult) -> Message:
         content = result.content
         if self.push and call.name != GET_DURATION_TOOL:
-            line = self.opts.time.status_line(self.status())
+            status = self.status()
+            line = self.opts.time.status_line(status)
             content = f"{content}\n{line}"
-            await self._status_shown("push", len(self.steps) - 1, line)
+            await self._status_shown("push", len(self.steps) - 1, status, line)
         return Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
 
-    async def _status_shown(self, via: Literal["push", "pull"], turn: int, line: str) -> None:
+    async def _status_shown(
+        self, via: Literal["push", "pull"], turn: int, status: TimeStatus, line: str
+    ) -> None:
         if self.events:
-            status = self.status()
             await self.events.emit(
                 TimeStatusShown(
                     at=status.elapsed,
