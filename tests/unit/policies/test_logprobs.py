@@ -13,8 +13,6 @@ import pytest
 import torch
 
 from tests.helpers.episodes import play_calculator
-from tests.helpers.scripted_model import scripted_model, tool_then_answer
-from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
 from timely.policies.hf import HFPolicy
 from timely.policies.logprobs import recompute_logprobs, sample_next, top_p_mask
 from timely.types import Trajectory
@@ -23,23 +21,7 @@ TEMPERATURE = 0.7
 TOLERANCE = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run ~10x faster on one thread than on two busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return scripted_model(tiny_model(len(tok)), tok, tool_then_answer("6*7", "42+1"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def max_recompute_error(model, trajectories: list[Trajectory], temperature: float) -> float:

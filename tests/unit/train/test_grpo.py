@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.helpers.scripted_model import ScriptedLM, scripted_model, tool_then_answer
-from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
+from tests.helpers.tiny_model import tiny_model
 from timely.clock import VirtualClock
 from timely.errors import ConfigError
 from timely.policies.base import Deadline
@@ -49,18 +49,7 @@ SCRIPTED = "test:scripted-tiny"
 TINY_LORA = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run ~10x faster on one thread than on two busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Scripted(ScriptedLM):

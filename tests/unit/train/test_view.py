@@ -6,11 +6,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from tests.helpers.episodes import play_calculator
-from tests.helpers.scripted_model import scripted_model, tool_then_answer
-from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
 from timely.errors import TrainingDataError
 from timely.policies.base import make_policy
 from timely.policies.hf import HFPolicy
@@ -18,24 +15,7 @@ from timely.prompting import assistant_text, prompt_token_ids
 from timely.train.view import ViewForm, training_view
 from timely.types import Message, ToolCall, Trajectory
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run ~10x faster on one thread than on two busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return scripted_model(tiny_model(len(tok)), tok, tool_then_answer("6*7", "42+1"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
