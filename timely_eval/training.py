@@ -42,7 +42,7 @@ def eval_suite(
     return {
         "name": "timely-rl-eval",
         "description": "Base model against its trained adapters on held-out test seeds.",
-        "tasks": [{"id": t} for t in config.tasks],
+        "tasks": [{"id": t, "options": dict(config.task_options.get(t, {}))} for t in config.tasks],
         "policies": entries,
         "episodes": config.seeds,
         "split": "test",

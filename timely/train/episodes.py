@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,10 @@ from timely.toolclient import ToolBackend, ToolClient
 
 # "No time limit" is a budget that never binds; the model is told nothing about time.
 NO_LIMIT_S = 1e6
+
+
+# (task, latency, time mode) -> the unconstrained seconds a relative budget multiplies.
+Calibrator = Callable[[Task, str, str], Awaitable[float]]
 
 
 @dataclass(frozen=True)
@@ -145,11 +149,19 @@ async def draw_setting(
     no_limit_share: float,
     speed: str | SpeedProfile,
     speed_factor: tuple[float, float] = (1.0, 1.0),
+    unconstrained: Calibrator | None = None,
 ) -> Setting:
     """Draw one episode's setting; the budget is ``multiplier x`` the expert's time there.
 
     The draws always consume the same random numbers in the same order, so a run's data order
     does not depend on which branch a draw took.
+
+    Args:
+        unconstrained: ``(task, latency, time_mode) -> seconds``, the unconstrained time the
+            budget is a multiple of; default :func:`expert_seconds` (the scripted oracle at
+            ``speed``). Training passes the tokenizer-charged oracle
+            (:func:`timely.train.experts.tokenized_seconds`), so budgets match the clock the
+            model's turns are charged on.
     """
     latency = str(latencies[int(rng.integers(len(latencies)))])
     mode = str(time_modes[int(rng.integers(len(time_modes)))])
@@ -160,7 +172,10 @@ async def draw_setting(
     if unlimited:
         return Setting(latency, "none", NO_LIMIT_S, None, profile)
     # Calibrated at the base speed: a slowed-down sample must notice it from the clock.
-    expert_s = await expert_seconds(pool, task, latency, speed, mode)
+    if unconstrained is None:
+        expert_s = await expert_seconds(pool, task, latency, speed, mode)
+    else:
+        expert_s = await unconstrained(task, latency, mode)
     return Setting(latency, mode, round(multiplier * expert_s, 3), multiplier, profile)
 
 

@@ -29,8 +29,8 @@ next step would not fit in the time left, answers with the best partial result i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
+import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +42,16 @@ from timely.policies.base import Deadline, Policy, bind_policy, make_policy
 from timely.policies.scripted import prompt_chars
 from timely.prompting import CHARS_PER_TOKEN, ToolFormat, assistant_text, prompt_token_ids
 from timely.rng import make_rng
-from timely.task import make_task
+from timely.task import ScriptedSolution, make_task
 from timely.train.config import DataConfig
-from timely.train.episodes import NO_LIMIT_S, Setting, ToolPool, draw_setting, tool_pool
+from timely.train.episodes import (
+    NO_LIMIT_S,
+    Calibrator,
+    Setting,
+    ToolPool,
+    draw_setting,
+    tool_pool,
+)
 from timely.types import Completion, EndReason, Message, ToolCall, Trajectory
 
 if TYPE_CHECKING:
@@ -190,7 +197,16 @@ async def tokenized_seconds(
     """The oracle's unconstrained time on ``task`` with ``tokenizer``'s token counts: what
     relative budgets scale when expert turns are charged by the tokenizer (the counterpart of
     :func:`timely.train.episodes.expert_seconds`)."""
-    key = (task.id, task.spec.split, task.spec.seed, latency, time_mode, speed_profile(speed))
+    direct = isinstance(task, _DirectView)
+    key = (
+        task.id,
+        task.spec.split,
+        task.spec.seed,
+        latency,
+        time_mode,
+        speed_profile(speed),
+        direct,
+    )
     if key not in _seconds_cache:
         traj = await run_episode(
             TokenizedExpert(make_policy("scripted:oracle"), tokenizer),
@@ -208,6 +224,60 @@ async def tokenized_seconds(
 
 
 _seconds_cache: dict[tuple[Any, ...], float] = {}
+
+
+def tokenized_calibrator(
+    pool: ToolPool, speed: Any, tokenizer: Any, solution: str = "reference"
+) -> Calibrator:
+    """:func:`tokenized_seconds` as a :data:`~timely.train.episodes.Calibrator` for
+    :func:`~timely.train.episodes.draw_setting`: relative budgets of data and RL rollouts alike
+    scale the oracle's time (replaying ``solution``, see :func:`expert_view`) with turns
+    charged by ``tokenizer``'s counts."""
+
+    async def unconstrained(task: Task, latency: str, time_mode: str) -> float:
+        view = expert_view(task, solution)
+        return await tokenized_seconds(pool, view, latency, time_mode, speed, tokenizer)
+
+    return unconstrained
+
+
+_EXPRESSION = re.compile(r"^Compute the exact value of the expression (?P<expr>.+)\.$")
+
+
+def direct_solution(task: Task) -> ScriptedSolution | None:
+    """One calculator call with the whole expression, for a math task whose statement is an
+    expression (``math/arithmetic``); None for any other task."""
+    problem = getattr(task, "problem", None)
+    match = _EXPRESSION.match(getattr(problem, "text", "") or "")
+    reference = task.solution()
+    if match is None or not reference.calls or reference.calls[0].name != "calculator":
+        return None
+    call = ToolCall(id="call_0", name="calculator", arguments={"expression": match["expr"]})
+    fallbacks = reference.fallback_answers[:1] + [reference.answer]
+    return ScriptedSolution(calls=[call], answer=reference.answer, fallback_answers=fallbacks)
+
+
+class _DirectView:
+    """A task that replays :func:`direct_solution`; everything else is the task's own."""
+
+    def __init__(self, task: Task, solution: ScriptedSolution) -> None:
+        self._task, self._solution = task, solution
+
+    def solution(self) -> ScriptedSolution:
+        return self._solution
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+
+def expert_view(task: Task, solution: str) -> Task:
+    """``task`` as the expert plays it: with ``solution="direct"`` its reference solution is
+    replaced by :func:`direct_solution` where there is one (scoring, prompts and tools are the
+    task's own)."""
+    if solution != "direct":
+        return task
+    direct = direct_solution(task)
+    return task if direct is None else _DirectView(task, direct)  # type: ignore[return-value]
 
 
 def without_clock_turns(messages: Sequence[Message]) -> list[Message]:
@@ -268,12 +338,12 @@ async def play_experts(
         progress: show a rich progress bar.
     """
     played: list[Trajectory] = []
-    with _bar(progress, len(config.tasks) * config.episodes_per_task) as advance:
+    with _bar(progress, sum(config.episodes_for(t) for t in config.tasks)) as advance:
         async with tool_pool(config.seed) as pool:
             for task_id in config.tasks:
                 rng = make_rng("cold-start", config.seed, task_id)
                 options = dict(config.task_options.get(task_id, {}))
-                for seed in range(config.episodes_per_task):
+                for seed in range(config.episodes_for(task_id)):
                     task = make_task(task_id, seed=seed, split="train", **options)
                     traj = await play_expert(config, pool, task, rng, options, tokenizer)
                     played.append(traj)
@@ -305,15 +375,13 @@ async def play_expert(
         multipliers=config.budget_multipliers,
         no_limit_share=config.no_limit_share,
         speed=config.speed,
+        unconstrained=(
+            tokenized_calibrator(pool, config.speed, tokenizer, config.solution)
+            if tokenizer
+            else None
+        ),
     )
-    if tokenizer is not None and setting.limited:
-        assert setting.multiplier is not None
-        unconstrained = await tokenized_seconds(
-            pool, task, setting.latency, setting.time_mode, config.speed, tokenizer
-        )
-        setting = dataclasses.replace(
-            setting, budget_s=round(setting.multiplier * unconstrained, 3)
-        )
+    task = expert_view(task, config.solution)
     every = config.clock_every if setting.time_mode == "pull" else 0
     traj = await run_episode(
         make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),

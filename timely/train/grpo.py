@@ -98,6 +98,7 @@ from timely.train.episodes import (
     scaled_speed,
     tool_pool,
 )
+from timely.train.experts import tokenized_calibrator
 from timely.train.objective import (
     Sample,
     build_batch,
@@ -282,6 +283,8 @@ async def rollout_batch(
             multipliers=config.budget_multipliers,
             no_limit_share=config.no_limit_share,
             speed=config.speed,
+            # The same clock the rollouts are charged on: the tokenizer's counts, as in the data.
+            unconstrained=tokenized_calibrator(pool, config.speed, tokenizer, config.calibration),
         )
         low, high = config.speed_factor
         factors = [log_uniform(rng, low, high) if low < high else low for _ in range(size)]

@@ -160,6 +160,15 @@ def summed_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
     return F.cross_entropy(logits.float(), targets[where], reduction="sum")
 
 
+def use_bf16(precision: str) -> bool:
+    """Whether to autocast to bf16: asked for, or ``auto`` on a CPU with native bf16."""
+    if precision != "auto":
+        return precision == "bf16"
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def prepare_model(config: SFTConfig) -> tuple[Any, Any]:
     """A trainable copy of the base model (the shared, cached one stays untouched): LoRA
     adapters initialised from ``config.seed``, or every weight for full fine-tuning."""
@@ -309,7 +318,8 @@ def _train_step(
         ids, attention, labels = collate(
             [examples.input_ids[i] for i in part], [examples.loss_mask[i] for i in part], pad
         )
-        loss = summed_loss(model, ids, attention, labels) / loss_tokens
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.precision)):
+            loss = summed_loss(model, ids, attention, labels) / loss_tokens
         loss.backward()
         total_loss += float(loss.detach())
         tokens += int(attention.sum())

@@ -37,7 +37,9 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
     tensors = {k: v.half().contiguous() for k, v in load_file(str(weights)).items()}
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     shutil.copyfile(src / "adapter_config.json", tmp / "adapter_config.json")
-    provenance = {"source": str(src), "tensors": len(tensors), "dtype": "float16"}
+    # The run-relative name only: an absolute path would record the training machine's layout.
+    source = f"{src.parent.name}/{src.name}"
+    provenance = {"source": source, "tensors": len(tensors), "dtype": "float16"}
     for record in ("manifest.json", "config.yaml"):
         path = src.parent / record
         if path.is_file():

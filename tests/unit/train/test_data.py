@@ -30,7 +30,7 @@ from timely.train.data import (
     with_token_records,
 )
 from timely.train.episodes import tool_pool
-from timely.train.experts import play_expert
+from timely.train.experts import direct_solution, expert_view, play_expert
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason
 
@@ -142,6 +142,9 @@ async def test_half_the_expert_time_gets_an_early_answer_not_a_cut_off(task_id, 
             "no_limit_share": 0.0,
             "time_modes": ("pull",),
             "latencies": ("constant:1.0",),
+            # The reference route has steps to stop between; the direct one (one call) does
+            # not fit half its own time at all.
+            "solution": "reference",
         }
     )
     rng = np.random.default_rng(0)
@@ -208,3 +211,19 @@ def test_a_broken_prefix_gives_one_row_per_turn(rollouts):
         assert row["input_ids"] == step.prompt_token_ids + step.token_ids
         assert row["loss_mask"] == [0] * len(step.prompt_token_ids) + [1] * len(step.token_ids)
         assert row["messages"][-1]["role"] == "assistant"
+
+
+async def test_the_direct_expert_calls_the_calculator_once_with_the_whole_expression(etok):
+    config = SMALL.model_copy(
+        update={"budget_multipliers": (2.0, 2.0), "no_limit_share": 0.0, "solution": "direct"}
+    )
+    task = make_task("math/arithmetic-v1", seed=2, split="train")
+    expression = task.problem.text.removeprefix("Compute the exact value of the expression ")
+    async with tool_pool() as pool:
+        traj = await play_expert(config, pool, task, np.random.default_rng(0), {}, etok)
+    calls = [c for m in traj.messages for c in (m.tool_calls or []) if c.name == "calculator"]
+    assert [c.arguments["expression"] for c in calls] == [expression.removesuffix(".")]
+    assert traj.end_reason == EndReason.ANSWERED and traj.score == 1.0 and traj.compliant
+    # Other tasks keep their reference route.
+    game = make_task("games/treasure-v1", seed=0, split="train", difficulty=1)
+    assert expert_view(game, "direct") is game and direct_solution(game) is None

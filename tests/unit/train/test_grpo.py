@@ -132,7 +132,7 @@ def tiny_config(**overrides) -> RLConfig:
         steps=2,
         prompts_per_step=2,
         group_size=4,
-        budget_multipliers=(1.0, 3.0),
+        budget_multipliers=(0.5, 1.5),
         no_limit_share=0.0,
         speed_factor=(0.5, 2.0),
         latencies=("constant:1.0",),
@@ -342,7 +342,9 @@ def test_a_shared_prefix_pass_gives_the_per_row_values_and_gradients(tok, which)
     torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-5)
     assert len(grads_together) == len(grads_apart) > 0
     for a, b in zip(grads_together, grads_apart, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # Summation order differs between the two passes: float32 gradients of the scripted
+        # model's large logits agree to ~5e-5 (1 element in 8288 measured past 1e-5).
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
