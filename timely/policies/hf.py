@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from timely.clock import wall_seconds
 from timely.errors import ConfigError
@@ -71,6 +71,9 @@ class HFPolicy:
         batch_window_s: real seconds the batcher waits for a batch to fill.
         tool_format: how tools reach the prompt, see :func:`timely.prompting.render_prompt`.
         name: the policy name in run records.
+        precision: ``bf16`` decodes under bf16 autocast (weights stay fp32): 2-3x faster on a
+            CPU with native bf16, with slightly different logits, so recorded log-probs no
+            longer match an fp32 recompute; training rollouts keep ``fp32``.
     """
 
     def __init__(
@@ -86,7 +89,10 @@ class HFPolicy:
         batch_window_s: float = 0.01,
         tool_format: ToolFormat = "auto",
         name: str | None = None,
+        precision: Literal["fp32", "bf16"] = "fp32",
     ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
         if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise ConfigError(
                 f"bad sampling settings (max_new_tokens={max_new_tokens}, temperature="
@@ -99,6 +105,7 @@ class HFPolicy:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.precision = precision
         self.tool_format = resolve_tool_format(tokenizer, tool_format)
         self.name = name or f"hf:{getattr(model, 'name_or_path', '') or type(model).__name__}"
         self.stop_ids = _stop_token_ids(model, tokenizer)
@@ -206,22 +213,31 @@ class HFPolicy:
         with self._lock:
             self._batch_counter += 1
             seed = derive_seed(self.seed, "hf-batch", self._batch_counter)
-            rows = generate_rows(
-                self.model,
-                [r.prompt_ids for r in requests],
-                caps=[r.cap for r in requests],
-                wall_ends=[r.wall_end for r in requests],
-                abandoned=abandoned,
-                pad_id=self.pad_id,
-                stop_ids=self.stop_ids,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                seed=seed,
-            )
+            import torch
+
+            bf16 = self.precision == "bf16"
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                rows = self._generate(requests, abandoned, seed)
         ended = wall_seconds()
         for row in rows:
             row.ended = ended
         return rows
+
+    def _generate(
+        self, requests: Sequence[_Request], abandoned: Callable[[int], bool], seed: int
+    ) -> list[GeneratedRow]:
+        return generate_rows(
+            self.model,
+            [r.prompt_ids for r in requests],
+            caps=[r.cap for r in requests],
+            wall_ends=[r.wall_end for r in requests],
+            abandoned=abandoned,
+            pad_id=self.pad_id,
+            stop_ids=self.stop_ids,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=seed,
+        )
 
     def _completion(self, request: _Request, row: GeneratedRow) -> Completion:
         reason = row.reason
@@ -262,6 +278,7 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 _HF_OPTIONS = (
+    "precision",
     "max_new_tokens",
     "temperature",
     "top_p",
@@ -285,7 +302,8 @@ def hf_backend(spec: str = EMBEDDED_MODEL, **options: Any) -> HFPolicy:
         spec: ``"smollm2-135m"`` (the default) or an HF model directory / hub id.
         **options: any of ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
             ``max_batch_size``, ``batch_window_s``, ``tool_format``, ``name``, ``cache_dir``,
-            ``adapter`` (a peft LoRA directory merged into a copy of the model).
+            ``adapter`` (a peft LoRA directory merged into a copy of the model), ``precision``
+            (``fp32`` or ``bf16``).
     """
     check_options(f"hf:{spec}", options, _HF_OPTIONS)
     spec = spec or EMBEDDED_MODEL

@@ -94,12 +94,14 @@ def _run_rl(config: TrainConfig, dirs, done, rl: Any, out: Path) -> Path:
 
 def _eval(config: TrainConfig, dirs: dict[str, Path], done: dict[str, Path]) -> Path:
     """Base model and every adapter found under ``out/`` on held-out test seeds."""
-    policies: dict[str, dict[str, Any]] = {"base": {"spec": f"hf:{config.sft.model}"}}
+    spec = f"hf:{config.sft.model}"
+    decoding = {"precision": config.eval.precision, "max_new_tokens": config.eval.max_new_tokens}
+    policies: dict[str, dict[str, Any]] = {"base": {"spec": spec, **decoding}}
     root = Path(config.out)
     for label in ("sft", "rl", "rl-notime"):
         adapter = root / label / "adapter"
         if (adapter / "adapter_config.json").is_file():
-            policies[label] = {"spec": f"hf:{config.sft.model}", "adapter": str(adapter)}
+            policies[label] = {"spec": spec, "adapter": str(adapter), **decoding}
     evaluate: Callable[..., Path] = load_object(EVAL_ENTRY)
     return evaluate(policies, config.eval, dirs["eval"], speed=config.rl.speed)
 

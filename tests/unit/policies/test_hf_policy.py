@@ -208,6 +208,24 @@ def test_bad_settings_are_config_errors(model, tok):
         HFPolicy(model, tok, temperature=-1)
     with pytest.raises(ConfigError):
         HFPolicy(model, tok, max_new_tokens=0)
+    with pytest.raises(ConfigError, match="precision"):
+        HFPolicy(model, tok, precision="fp16")
+
+
+async def test_bf16_decoding_runs_under_autocast_and_keeps_its_records(model, tok, monkeypatch):
+    seen = []
+    real = hf.generate_rows
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "generate_rows", spy)
+    fast = HFPolicy(model, tok, max_new_tokens=12, precision="bf16")
+    out = await fast.generate(convo("hi"), [], deadline=virtual())
+    await HFPolicy(model, tok, max_new_tokens=12).generate(convo("hi"), [], deadline=virtual())
+    assert seen == [torch.bfloat16, False]
+    assert 0 < len(out.token_ids) == len(out.logprobs or []) <= 12
 
 
 async def test_a_cancelled_caller_stops_its_row(model, tok, monkeypatch):
