@@ -105,6 +105,11 @@ def write_results(out: str | Path, *, title: str = "Timely-RL on the embedded mo
         "",
         *_table(overall, ("policy", "family", "budget")),
         "",
+        "## Targets",
+        "",
+        *_targets_table(trajs),
+        "",
+        *_training_section(out.parent),
         "## Generated tokens and tool calls against the budget (Figure 3)",
         "",
         f"![figure 3]({figure.name})",
@@ -178,6 +183,129 @@ def plot_figure3(trajs: list[Trajectory], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _by_label_and_multiplier(trajs: list[Trajectory]) -> dict[str, dict[float, list[Trajectory]]]:
+    by: dict[str, dict[float, list[Trajectory]]] = defaultdict(lambda: defaultdict(list))
+    for t in trajs:
+        m = _multiplier(t)
+        if m is not None:
+            by[str(t.metadata.get("label", t.policy))][m].append(t)
+    return by
+
+
+def target_checks(trajs: list[Trajectory]) -> list[tuple[str, str, bool]]:
+    """The issue's targets, measured: ``(target, what was measured, met)``; a target whose
+    policies were not evaluated is left out."""
+    by = _by_label_and_multiplier(trajs)
+
+    def rate(label: str, keep: Any) -> float:
+        ts = [t for m, cell in by.get(label, {}).items() if keep(m) for t in cell]
+        return float(np.mean([t.compliant for t in ts])) if ts else float("nan")
+
+    def score(label: str) -> float:
+        ts = [t for cell in by.get(label, {}).values() for t in cell]
+        return float(np.mean([on_time_score(t) for t in ts])) if ts else float("nan")
+
+    checks: list[tuple[str, str, bool]] = []
+    if "rl" in by:
+        high, low = rate("rl", lambda m: m >= 1.0), rate("rl", lambda m: m == 0.75)
+        checks.append(("RL on-time rate >= 95% at budgets >= 1x", f"{high:.0%}", high >= 0.95))
+        checks.append(("RL on-time rate >= 75% at 0.75x", f"{low:.0%}", low >= 0.75))
+    if {"rl", "sft", "base"} <= by.keys():
+        rl, sft, base = score("rl"), score("sft"), score("base")
+        checks.append(
+            (
+                "on-time score RL > SFT > base",
+                f"{rl:.3f} / {sft:.3f} / {base:.3f}",
+                rl > sft > base,
+            )
+        )
+    if {"rl", "rl-notime"} <= by.keys():
+        a, b = rate("rl", lambda m: m == 0.75), rate("rl-notime", lambda m: m == 0.75)
+        checks.append(
+            (
+                "RL beats RL without the time reward on on-time rate at 0.75x",
+                f"{a:.0%} vs {b:.0%}",
+                a > b,
+            )
+        )
+    if "rl" in by and len(by["rl"]) > 1:
+        cells = by["rl"]
+        lo, hi = min(cells), max(cells)
+
+        def mean(m: float, fn: Any) -> float:
+            return float(np.mean([fn(t) for t in cells[m]]))
+
+        tokens = [mean(m, lambda t: sum(s.completion_tokens for s in t.steps)) for m in (lo, hi)]
+        calls = [mean(m, lambda t: t.n_tool_calls) for m in (lo, hi)]
+        grows = tokens[1] > tokens[0] or calls[1] > calls[0]
+        checks.append(
+            (
+                f"RL spends more with more time ({lo:g}x -> {hi:g}x)",
+                f"tokens {tokens[0]:.0f} -> {tokens[1]:.0f}, tool calls {calls[0]:.2f} -> "
+                f"{calls[1]:.2f}",
+                grows,
+            )
+        )
+    return checks
+
+
+def _targets_table(trajs: list[Trajectory]) -> list[str]:
+    rows = ["| target | measured | met |", "|---|---|---|"]
+    for target, measured, met in target_checks(trajs):
+        rows.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _num(record: dict[str, Any], key: str) -> float:
+    value = record.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _training_section(root: Path) -> list[str]:
+    """What the training stages did, from their ``metrics.jsonl`` (empty without them)."""
+    lines: list[str] = []
+    sft = _read_jsonl(root / "sft" / "metrics.jsonl")
+    if sft:
+        seconds = sum(float(m.get("seconds", 0.0)) for m in sft)
+        tokens = sum(int(m.get("tokens", 0)) for m in sft)
+        lines.append(
+            f"- **SFT**: {len(sft)} steps, {tokens:,} tokens in {seconds / 60:.1f} min "
+            f"({1000 * seconds / max(tokens, 1):.1f} ms a token), loss {sft[0]['loss']:.3f} -> "
+            f"{sft[-1]['loss']:.3f}, peak RSS {max(m.get('rss_mb', 0) for m in sft) / 1024:.1f} GB."
+        )
+    for stage in ("rl", "rl-notime"):
+        rl = _read_jsonl(root / stage / "metrics.jsonl")
+        if not rl:
+            continue
+        rollout = sum(float(m.get("rollout_s", 0.0)) for m in rl)
+        update = sum(float(m.get("update_s", 0.0)) for m in rl)
+        rewards = " ".join(f"{_num(m, 'reward_mean'):.2f}" for m in rl)
+        on_time = " ".join(f"{_num(m, 'on_time_rate'):.2f}" for m in rl)
+        episodes = sum(int(m.get("episodes", 0)) for m in rl)
+        gen_tokens = sum(float(m.get("completion_tokens", 0.0)) * m.get("episodes", 0) for m in rl)
+        ratio = max(float(m.get("ratio_dev") or 0.0) for m in rl)
+        share = rollout / max(rollout + update, 1e-9)
+        lines.append(
+            f"- **{stage}**: {len(rl)} batches in {(rollout + update) / 60:.1f} min "
+            f"({share:.0%} rollouts, {1 - share:.0%} updates; rollouts "
+            f"{episodes / max(rollout, 1e-9):.3f} episodes/s, "
+            f"{gen_tokens / max(rollout, 1e-9):.1f} generated tokens/s); "
+            f"reward by batch {rewards}; "
+            f"on-time rate by batch {on_time}; max |ratio - 1| at the first update {ratio:.1e}."
+        )
+    if not lines:
+        return []
+    return ["## Training", "", *lines, ""]
 
 
 def per_policy_means(trajs: list[Trajectory]) -> dict[str, dict[str, float]]:

@@ -61,14 +61,17 @@ def test_eval_stage_writes_results_and_figure(tmp_path):
     from timely.train.config import EvalStageConfig
     from timely_eval.training import evaluate_policies
 
-    policies = {
-        "oracle": {"spec": "scripted:oracle"},
-        "answer-now": {"spec": "scripted:answer-now"},
+    policies = {  # labelled as the trained rows, so the targets table checks them
+        "rl": {"spec": "scripted:oracle"},
+        "rl-notime": {"spec": "scripted:answer-now"},
     }
     config = EvalStageConfig(tasks=("math/arithmetic-v1",), seeds=2, latencies=("constant:1.0",))
     results = evaluate_policies(policies, config, tmp_path / "eval", speed="small-fast")
     text = results.read_text()
-    assert "| oracle | math | x0.75 |" in text and "| answer-now | math | x2 |" in text
+    assert "| rl | math | x0.75 |" in text and "| rl-notime | math | x2 |" in text
+    # The oracle answers at its own calibrated time: on time from 1x, late at 0.75x.
+    assert "| RL on-time rate >= 95% at budgets >= 1x | 100% | yes |" in text
+    assert "| RL on-time rate >= 75% at 0.75x | 0% | no |" in text
     assert (tmp_path / "eval" / "figure3.png").stat().st_size > 1000
     suite = yaml.safe_load((tmp_path / "eval" / "suite.yaml").read_text())
     assert suite["split"] == "test" and suite["episodes"] == 2
