@@ -226,18 +226,23 @@ class HFPolicy:
     def _generate(
         self, requests: Sequence[_Request], abandoned: Callable[[int], bool], seed: int
     ) -> list[GeneratedRow]:
-        return generate_rows(
-            self.model,
-            [r.prompt_ids for r in requests],
-            caps=[r.cap for r in requests],
-            wall_ends=[r.wall_end for r in requests],
-            abandoned=abandoned,
-            pad_id=self.pad_id,
-            stop_ids=self.stop_ids,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=seed,
-        )
+        rows: list[GeneratedRow | None] = [None] * len(requests)
+        for k, chunk in enumerate(padded_chunks([len(r.prompt_ids) for r in requests])):
+            part = generate_rows(
+                self.model,
+                [requests[i].prompt_ids for i in chunk],
+                caps=[requests[i].cap for i in chunk],
+                wall_ends=[requests[i].wall_end for i in chunk],
+                abandoned=lambda j, chunk=chunk: abandoned(chunk[j]),
+                pad_id=self.pad_id,
+                stop_ids=self.stop_ids,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=seed if k == 0 else derive_seed(seed, "chunk", k),
+            )
+            for i, row in zip(chunk, part, strict=True):
+                rows[i] = row
+        return [r for r in rows if r is not None]
 
     def _completion(self, request: _Request, row: GeneratedRow) -> Completion:
         reason = row.reason
@@ -275,6 +280,27 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if not ids:
         raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token")
     return sorted(ids)
+
+
+# Most padded prompt tokens (rows x longest prompt) prefilled as one batch. The prefill's attention
+# holds rows x heads x width^2 scores: one 5k-token prompt padded 16 rows wide asked for ~14 GB
+# and was OOM-killed in an RL rollout; at this bound a 2k-token game batch still runs 8 wide.
+MAX_BATCH_TOKENS = 16384
+
+
+def padded_chunks(lengths: Sequence[int], budget: int = MAX_BATCH_TOKENS) -> list[list[int]]:
+    """Row indices split into batches whose padded size (rows x longest) stays within
+    ``budget``, in the original order when everything fits (then nothing changes); otherwise
+    similar lengths go together, longest first. A row longer than ``budget`` runs alone."""
+    if len(lengths) * max(lengths, default=0) <= budget:
+        return [list(range(len(lengths)))]
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= budget:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
 _HF_OPTIONS = (

@@ -274,3 +274,26 @@ async def test_the_loops_token_cap_counts_the_prompt_with_this_tokenizer(model, 
         )
     cap, prompt = seen[0]
     assert cap == speed_profile("small-fast").max_tokens_within(9, prompt)
+
+
+def test_padded_chunks_bound_the_prefill_and_keep_small_batches_whole():
+    assert hf.padded_chunks([5, 9, 3], budget=27) == [[0, 1, 2]]
+    chunks = hf.padded_chunks([100, 10, 12, 90, 11], budget=200)
+    assert sorted(i for c in chunks for i in c) == [0, 1, 2, 3, 4]
+    assert chunks[0] == [0, 3]  # longest first, together while 2 x 100 fits
+    assert all(len(c) * max([100, 10, 12, 90, 11][i] for i in c) <= 200 for c in chunks)
+    assert hf.padded_chunks([500, 4], budget=100) == [[0], [1]]  # too long: alone
+
+
+async def test_a_batch_over_the_token_budget_runs_in_chunks_with_the_same_rows(
+    model, tok, calls, monkeypatch
+):
+    prompts = [convo("hi"), convo("a much longer message " * 6), convo("yo")]
+    policy = HFPolicy(model, tok, max_new_tokens=8, max_batch_size=3)
+    whole = await asyncio.gather(*(policy.generate(p, [], deadline=virtual()) for p in prompts))
+    monkeypatch.setattr(hf, "MAX_BATCH_TOKENS", 40)
+    monkeypatch.setattr(hf.padded_chunks, "__defaults__", (40,))
+    calls.clear()
+    chunked = await asyncio.gather(*(policy.generate(p, [], deadline=virtual()) for p in prompts))
+    assert len(calls) > 1  # more than one generate_rows call for one batch
+    assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]  # greedy: same rows
