@@ -210,6 +210,13 @@ class RLConfig(_Frozen):
     micro_batch_size: int = Field(
         4, ge=1, description="Sequences per forward pass (gradients accumulate over a batch)."
     )
+    micro_batch_tokens: int = Field(
+        2048,
+        ge=1,
+        description="Most padded tokens (rows x longest) per forward pass: LoRA training holds "
+        "~2.5 MB of activations a token, and 4 rows of a 2k-token rollout (a model that rambled "
+        "to its turn limit) took an RL update past 19 GB.",
+    )
     loss: Literal["grpo", "dr_grpo", "dapo"] = Field(
         "grpo",
         description="grpo: std-normalised advantages, per-sequence mean; dr_grpo: no std "

@@ -213,7 +213,7 @@ def policy_step(
     dev_max = 0.0
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    for chunk in _micro_batches(samples, config.micro_batch_size):
+    for chunk in _micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens):
         new, entropy = sample_logprobs(
             model, chunk, config.temperature, pad_id=pad_id, entropy=measure_entropy
         )
@@ -341,18 +341,28 @@ def _shared_prefix(chunk: Sequence[Sample], limit: int) -> int:
     return n
 
 
-def _micro_batches(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
-    """Rows in chunks of ``size``, sorted by their prompt (the first sampled id's prefix) and
-    then by length, so a chunk tends to share a long prefix and little padding; deterministic.
+def _micro_batches(
+    samples: Sequence[Sample], size: int, max_tokens: int | None = None
+) -> Iterator[list[Sample]]:
+    """Rows in chunks of at most ``size`` rows and ``max_tokens`` padded tokens (rows x longest;
+    a longer row goes alone), sorted by their prompt (the first sampled id's prefix) and then by
+    length, so a chunk tends to share a long prefix and little padding; deterministic.
     """
 
     def key(i: int) -> tuple[list[int], int, int]:
         s = samples[i]
         return s.token_ids[: s.mask.index(1)], len(s.token_ids), i
 
-    order = sorted(range(len(samples)), key=key)
-    for i in range(0, len(order), size):
-        yield [samples[j] for j in order[i : i + size]]
+    chunk: list[Sample] = []
+    for j in sorted(range(len(samples)), key=key):
+        row = samples[j]
+        width = max([len(s.token_ids) for s in chunk] + [len(row.token_ids)])
+        if chunk and (len(chunk) == size or (max_tokens and (len(chunk) + 1) * width > max_tokens)):
+            yield chunk
+            chunk = []
+        chunk.append(row)
+    if chunk:
+        yield chunk
 
 
 def with_reference_logprobs(
@@ -363,7 +373,7 @@ def with_reference_logprobs(
     out: dict[int, Sample] = {}
     index = {id(s): i for i, s in enumerate(samples)}
     with torch.no_grad():
-        for chunk in _micro_batches(samples, config.micro_batch_size):
+        for chunk in _micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens):
             flat, _ = sample_logprobs(model, chunk, config.temperature, pad_id=pad_id)
             for s, values in zip(chunk, flat.split([s.n_tokens for s in chunk]), strict=True):
                 out[index[id(s)]] = dataclasses.replace(s, ref_logprobs=values.tolist())

@@ -35,6 +35,7 @@ from timely.train.grpo import (
     trajectory_rows,
 )
 from timely.train.objective import (
+    Sample,
     build_batch,
     group_advantages,
     policy_step,
@@ -293,7 +294,7 @@ def test_micro_batching_does_not_change_the_step(tok):
     config = RLConfig(lr=1e-2, micro_batch_size=1, temperature=0.8, loss="grpo")
     rows, masks = _fixed_rows(tok)
     results = []
-    for micro in (1, 3, 4):
+    for micro, tokens in ((1, 2048), (3, 2048), (4, 2048), (4, 20)):  # 20: a token-bound split
         model = _lora_tiny(tok)
         recorded = _recorded(model, rows, masks, 0.8)  # off by 0.1: ratios != 1, gradients clip
         old = [
@@ -302,7 +303,7 @@ def test_micro_batching_does_not_change_the_step(tok):
         ]
         samples = build_batch(rows, masks, old, [1.0, -0.5, 0.3, -1.0], loss="grpo", max_tokens=1)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-        cfg = config.model_copy(update={"micro_batch_size": micro})
+        cfg = config.model_copy(update={"micro_batch_size": micro, "micro_batch_tokens": tokens})
         stats = policy_step(model, optimizer, samples, cfg)
         trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((stats, trained))
@@ -644,3 +645,20 @@ def test_a_two_batch_run_on_the_embedded_model(tmp_path):
     for m in metrics:
         if m["ratio_dev"] is not None:
             assert m["ratio_dev"] < 1e-3
+
+
+def test_micro_batches_hold_at_most_their_rows_and_padded_tokens():
+    from timely.train.objective import _micro_batches
+
+    def row(n: int, first: int = 7) -> Sample:
+        return Sample([first] * 3 + list(range(n)), [0] * 3 + [1] * n, [0.0] * (n + 3), 1.0, 1)
+
+    samples = [row(n) for n in (2, 40, 5, 30, 3, 100)]
+    chunks = list(_micro_batches(samples, 4, 64))
+    assert sorted(len(s.token_ids) for c in chunks for s in c) == sorted(
+        len(s.token_ids) for s in samples
+    )
+    for c in chunks:
+        assert len(c) <= 4
+        assert len(c) == 1 or len(c) * max(len(s.token_ids) for s in c) <= 64
+    assert [len(c) for c in _micro_batches(samples, 4, None)] == [4, 2]
