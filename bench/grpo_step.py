@@ -108,7 +108,6 @@ def reward(
 def trl_side(args: argparse.Namespace, batches_path: Path) -> dict[str, Any]:
     """Train ``warmup + steps`` TRL GRPO steps; time them; write the batches to ``batches_path``."""
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -116,13 +115,7 @@ def trl_side(args: argparse.Namespace, batches_path: Path) -> dict[str, Any]:
     lora = LoraSettings()
     peft_config = None
     if not args.full:
-        peft_config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora.peft_config()
     total = args.steps + 1
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(

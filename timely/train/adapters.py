@@ -32,20 +32,14 @@ def load_trainable(
     The base model is a private copy: the process-wide one that :func:`load_model` shares stays
     untouched (peft injects its layers in place).
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
     from timely.policies.hf_models import load_model
 
     shared, tokenizer = load_model(base_model)
     base = copy.deepcopy(shared)
     if init is None:
-        settings = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
+        settings = lora.peft_config()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "lora-init"))
             model = get_peft_model(base, settings)

@@ -29,6 +29,18 @@ class LoraSettings(_Frozen):
         description="Linear layers that get an adapter (names in the Llama family).",
     )
 
+    def peft_config(self) -> Any:
+        """These settings as a peft ``LoraConfig`` for a causal LM."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            task_type="CAUSAL_LM",
+        )
+
 
 class DataConfig(_Frozen):
     """Cold-start data: budget-aware scripted experts played through ``run_episode``."""

@@ -185,16 +185,10 @@ def prepare_model(config: SFTConfig) -> tuple[Any, Any]:
     if config.lora is None:
         model.requires_grad_(True)
     else:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         lora = config.lora
-        settings = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
+        settings = lora.peft_config()
         model = get_peft_model(model, settings)
     model.train()
     return model, tokenizer
