@@ -22,6 +22,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/timely run --task math/arithmetic --policy hf:smollm2-135m --budget 30 \
 		--latency constant:1.0 --clock virtual --speed smollm2-cpu --seed 0 --out runs/demo-trace
+	$(VENV)/bin/timely run --task math/arithmetic --policy hf:smollm2-135m-timely --budget 30 \
+		--latency constant:1.0 --clock virtual --speed smollm2-cpu --seed 0 --out runs/demo-trace-timely
 	$(VENV)/bin/timely eval --suite smoke --policy suite --out runs/demo
 	$(VENV)/bin/timely leaderboard runs/demo --out reports/demo
 	@echo "open reports/demo/leaderboard.html (or leaderboard.md) to read the results"

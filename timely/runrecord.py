@@ -76,7 +76,8 @@ def write_run_record(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config_hash": config_hash(config, exclude={"out"}),
         "seeds": seeds,
-        "command": sys.argv,
+        # The program's name, not its path: a record is shared, the install location is not.
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "git_sha": git_sha(),
         "packages": package_versions(),
         "python": sys.version.split()[0],
