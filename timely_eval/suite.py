@@ -53,6 +53,13 @@ class TaskEntry(_Frozen):
         None, ge=1, description="Episodes per cell for this task (overrides the suite's)."
     )
 
+    @field_validator("options")
+    @classmethod
+    def _no_difficulty_option(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "difficulty" in v:
+            raise ValueError("set difficulty as the task entry's own key, not under options")
+        return v
+
     @property
     def family(self) -> str:
         return family_of(self.id)

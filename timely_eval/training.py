@@ -42,7 +42,7 @@ def eval_suite(
     return {
         "name": "timely-rl-eval",
         "description": "Base model against its trained adapters on held-out test seeds.",
-        "tasks": [{"id": t, "options": dict(config.task_options.get(t, {}))} for t in config.tasks],
+        "tasks": [_task_entry(t, config.task_options.get(t, {})) for t in config.tasks],
         "policies": entries,
         "episodes": config.seeds,
         "split": "test",
@@ -54,6 +54,15 @@ def eval_suite(
         "clock": "virtual",
         "concurrency": 16,
     }
+
+
+def _task_entry(task_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A suite task entry: ``difficulty`` is the entry's own field, the rest its options."""
+    rest = {k: v for k, v in options.items() if k != "difficulty"}
+    entry: dict[str, Any] = {"id": task_id, "options": rest}
+    if "difficulty" in options:
+        entry["difficulty"] = options["difficulty"]
+    return entry
 
 
 def evaluate_policies(

@@ -55,6 +55,10 @@ def test_the_eval_suite_plays_tasks_at_their_training_options():
     config = EvalStageConfig(tasks=("math/arithmetic-v1", "games/treasure-v1"), seeds=2)
     data = eval_suite({"base": {"spec": "hf:smollm2-135m"}}, config, speed="smollm2-cpu")
     suite = Suite.model_validate(data)
-    options = {t.id: t.options for t in suite.tasks}
-    assert options == {"math/arithmetic-v1": {}, "games/treasure-v1": {"difficulty": 1}}
+    difficulty = {t.id: t.difficulty for t in suite.tasks}
+    assert difficulty == {"math/arithmetic-v1": None, "games/treasure-v1": 1}
     assert suite.split == "test"
+    with pytest.raises(ValueError, match="difficulty as the task entry's own key"):
+        Suite.model_validate(
+            {**data, "tasks": [{"id": "games/treasure-v1", "options": {"difficulty": 1}}]}
+        )
