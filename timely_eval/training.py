@@ -42,7 +42,10 @@ def eval_suite(
     return {
         "name": "timely-rl-eval",
         "description": "Base model against its trained adapters on held-out test seeds.",
-        "tasks": [_task_entry(t, config.task_options.get(t, {})) for t in config.tasks],
+        "tasks": [
+            _task_entry(t, config.task_options.get(t, {}), config.task_seeds.get(t))
+            for t in config.tasks
+        ],
         "policies": entries,
         "episodes": config.seeds,
         "split": "test",
@@ -52,16 +55,19 @@ def eval_suite(
             "overrun": "late",  # late answers are recorded (and count as not on time)
         },
         "clock": "virtual",
+        "episode": {"max_turns": config.max_turns},
         "concurrency": 16,
     }
 
 
-def _task_entry(task_id: str, options: dict[str, Any]) -> dict[str, Any]:
+def _task_entry(task_id: str, options: dict[str, Any], seeds: int | None) -> dict[str, Any]:
     """A suite task entry: ``difficulty`` is the entry's own field, the rest its options."""
     rest = {k: v for k, v in options.items() if k != "difficulty"}
     entry: dict[str, Any] = {"id": task_id, "options": rest}
     if "difficulty" in options:
         entry["difficulty"] = options["difficulty"]
+    if seeds is not None:
+        entry["episodes"] = seeds
     return entry
 
 

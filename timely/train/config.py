@@ -252,6 +252,14 @@ class EvalStageConfig(_Frozen):
         "at (the test split still holds unseen instances).",
     )
     seeds: int = Field(20, ge=1, description="Test instances per task.")
+    task_seeds: dict[str, int] = Field(
+        default_factory=dict,
+        description="Test instances by task id, overriding seeds (a trained model's game "
+        "episode re-reads 1.3k-2.5k-token prompts for up to max_turns turns).",
+    )
+    max_turns: int | None = Field(
+        12, ge=1, description="Model turns per episode (None: each task's own limit)."
+    )
     budget_multipliers: tuple[float, ...] = Field(
         (0.75, 1.0, 2.0), description="Relative budgets (the reference protocol)."
     )

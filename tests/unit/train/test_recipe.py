@@ -52,12 +52,21 @@ def test_precision_auto_follows_the_cpu_and_explicit_settings_win():
 
 
 def test_the_eval_suite_plays_tasks_at_their_training_options():
-    config = EvalStageConfig(tasks=("math/arithmetic-v1", "games/treasure-v1"), seeds=2)
+    config = EvalStageConfig(
+        tasks=("math/arithmetic-v1", "games/treasure-v1"),
+        seeds=2,
+        task_seeds={"games/treasure-v1": 1},
+        max_turns=5,
+    )
     data = eval_suite({"base": {"spec": "hf:smollm2-135m"}}, config, speed="smollm2-cpu")
     suite = Suite.model_validate(data)
     difficulty = {t.id: t.difficulty for t in suite.tasks}
     assert difficulty == {"math/arithmetic-v1": None, "games/treasure-v1": 1}
-    assert suite.split == "test"
+    assert suite.split == "test" and suite.episode.max_turns == 5
+    assert {t.id: t.episodes for t in suite.tasks} == {
+        "math/arithmetic-v1": None,
+        "games/treasure-v1": 1,
+    }
     with pytest.raises(ValueError, match="difficulty as the task entry's own key"):
         Suite.model_validate(
             {**data, "tasks": [{"id": "games/treasure-v1", "options": {"difficulty": 1}}]}
