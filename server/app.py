@@ -31,13 +31,13 @@ from starlette.routing import Route
 from server.admin import install_admin_routes
 from server.config import ServerConfig
 from server.core import ToolServer
-from server.drain import DrainUnreadBodyMiddleware
 from server.errors import install_error_handlers
 from server.mcp import McpFacade
 from server.registry import ToolRegistry
 from server.routes import install_routes
 from server.security import ACCESS_LOGGER, AccessLogMiddleware, BearerAuthMiddleware
 from server.sessions import close_state
+from timely.asgi import DrainUnreadBodyMiddleware
 from timely.clock import WallClock
 
 __all__ = [

@@ -8,9 +8,7 @@ and client generators see the real contract.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
@@ -20,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from server.core import CallOutcome, ClientGone, ToolServer, Wait
 from server.errors import ApiError, ErrorDetail, error_responses, pydantic_message
 from server.metrics import CONTENT_TYPE_LATEST
+from timely import asgi
 from timely.clock import WallClock, wall_seconds
 
 CLOCK_HEADER = "X-Timely-Clock"
@@ -28,7 +27,6 @@ LOG_SCOPE_KEY = "timely.log"  # the access log reads what a route learned about 
 
 _WALL = WallClock()
 M = TypeVar("M", bound=BaseModel)
-_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 class CallRequest(BaseModel):
@@ -134,19 +132,12 @@ def body_too_large(limit: int) -> ApiError:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, at most ``limit`` bytes (413 otherwise, whether or not it is chunked)."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ApiError(400, "invalid_header", f"bad Content-Length {length!r}")
-        if int(length) > limit:
-            raise body_too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked bodies, or a Content-Length that lied
-            raise body_too_large(limit)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        return await asgi.read_body(request, limit)
+    except asgi.BodyTooLarge:
+        raise body_too_large(limit) from None
+    except asgi.BadContentLength as exc:
+        raise ApiError(400, "invalid_header", str(exc)) from None
 
 
 def parse_json(raw: bytes, model: type[M], expected: str, *, empty_ok: bool = False) -> M:
@@ -154,11 +145,9 @@ def parse_json(raw: bytes, model: type[M], expected: str, *, empty_ok: bool = Fa
     if empty_ok and not raw:  # no body at all; whitespace alone is not JSON (400 below)
         return model()
     try:
-        data = json.loads(raw)
-        if _SURROGATE_ESCAPE.search(raw):  # "\ud800" decodes, but no UTF-8 can carry it back
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except (json.JSONDecodeError, UnicodeError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+        data = asgi.decode_json(raw)
+    except asgi.InvalidJSON as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

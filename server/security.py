@@ -8,16 +8,15 @@ loopback by default; with ``api_key`` set, every route but ``/health`` needs
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_response
 from server.routes import LOG_SCOPE_KEY
+from timely.asgi import bearer_ok
 from timely.clock import wall_seconds
 
 ACCESS_LOGGER = "timely.server.access"
@@ -42,11 +41,7 @@ class BearerAuthMiddleware:
         self.open_paths = open_paths
 
     def _authorized(self, scope: Scope) -> bool:
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        given = token.strip().encode()
-        return any(hmac.compare_digest(given, t) for t in self.tokens)
+        return bearer_ok(scope, self.tokens)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
