@@ -266,6 +266,107 @@ def tool_server_cmd(
     serve(cfg)
 
 
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML ServeConfig (flags override it).")
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="The agent's model: llamacpp:smollm2-135m (default), "
+            "llamacpp:smollm2-135m-timely, hf:NAME, openai:MODEL --base-url URL."
+        ),
+    ] = None,
+    tools: Annotated[
+        str | None,
+        typer.Option(help="URL of a running `timely tool-server` (default: built-in tools)."),
+    ] = None,
+    tool_latency: Annotated[
+        str | None,
+        typer.Option("--tool-latency", help="Built-in tools only: latency, e.g. constant:0.5."),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default 127.0.0.1, loopback).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8800).")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="TIMELY_SERVE_API_KEY",
+            help="Bearer token required on every route but /health.",
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible URL (openai: policies).")
+    ] = None,
+    max_concurrent_runs: Annotated[
+        int | None,
+        typer.Option("--max-concurrent-runs", help="Runs in flight at most (then 429)."),
+    ] = None,
+    default_budget: Annotated[
+        float | None,
+        typer.Option("--default-budget", help="Budget in seconds of requests that name none."),
+    ] = None,
+    max_budget: Annotated[
+        float | None, typer.Option("--max-budget", help="Largest budget a request may ask for.")
+    ] = None,
+    default_tools: Annotated[
+        str | None,
+        typer.Option(
+            "--default-tools", help="Comma-separated tools a chat request that names none gets."
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="Run directory: every finished run is appended to trajectories.jsonl."),
+    ] = None,
+    dashboard: Annotated[
+        list[Path] | None,
+        typer.Option("--dashboard", help="Also show this run or report directory at / (repeat)."),
+    ] = None,
+) -> None:
+    """Serve the time-aware agent over HTTP: /v1/runs, OpenAI /v1/chat/completions, dashboard."""
+    from pydantic import ValidationError
+
+    from timely.config import load_config
+    from timely.serve.app import serve
+    from timely.serve.config import ServeConfig
+
+    base = load_config(ServeConfig, config)
+    flags = {
+        "policy": policy,
+        "tools": tools,
+        "tool_latency": tool_latency,
+        "host": host,
+        "port": port,
+        "api_key": api_key,
+        "max_concurrent_runs": max_concurrent_runs,
+        "default_budget_s": default_budget,
+        "max_budget_s": max_budget,
+        "out": out,
+    }
+    update = {k: v for k, v in flags.items() if v is not None}
+    if default_tools is not None:
+        update["default_tools"] = tuple(t.strip() for t in default_tools.split(",") if t.strip())
+    if base_url is not None:
+        update["policy_options"] = {**base.policy_options, "base_url": base_url}
+    try:
+        cfg = ServeConfig.model_validate({**base.model_dump(), **update})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    auth = "bearer token required" if cfg.api_key else "no auth"
+    console.print(
+        f"agent endpoint on http://{shown}:{cfg.port} · policy {cfg.policy} · tools "
+        f"{cfg.tools or 'built-in (' + cfg.tool_latency + ')'} · {auth} · dashboard at / · "
+        "docs at /docs",
+        soft_wrap=True,
+    )
+    serve(cfg, dashboard_dirs=dashboard)
+
+
 @app.command()
 def show(
     path: Annotated[Path, typer.Argument(help="trajectories.jsonl or a run directory.")],

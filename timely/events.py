@@ -81,10 +81,11 @@ class ToolResultReceived(_Event):
 
 
 class TimeStatusShown(_Event):
-    """The model was told its time status (pushed after a tool result, or pulled)."""
+    """The model was told its time status: pushed after a tool result, pulled through
+    ``get_duration``, or ``wrap_up``: told time is almost up and to answer now."""
 
     type: Literal["time_status"] = "time_status"
-    via: Literal["push", "pull"]
+    via: Literal["push", "pull", "wrap_up"]
     elapsed_s: float
     remaining_s: float
     text: str

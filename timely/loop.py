@@ -96,6 +96,7 @@ async def run_episode(
     observer: Observer | None = None,
     config_hash: str = "",
     latency: str = "",
+    wrap_up_s: float | None = None,
 ) -> Trajectory:
     """Play one episode of ``task`` with ``policy`` and return its Trajectory.
 
@@ -114,9 +115,13 @@ async def run_episode(
         observer: receives :mod:`timely.events` step events as they happen (may be async).
         config_hash: recorded in the trajectory (resume keys, provenance).
         latency: the latency spec, recorded in the trajectory.
+        wrap_up_s: once no more than this many seconds of the budget are left, the model is
+            told that time is almost up and is offered no more tools, so its next turn is its
+            answer (the agent endpoint sets it; None: never).
     """
     opts = options or EpisodeOptions()
     ep = _Episode(bind_policy(policy, task), task, tools, clock, budget, opts, observer)
+    ep.wrap_up_s = wrap_up_s
     session = session_id or episode_session_id(task, ep.policy.name, sample)
     end, error, answer = EndReason.MAX_TURNS, None, None
     messages: list[Message] = []
@@ -130,6 +135,8 @@ async def run_episode(
             if ep.out_of_time():
                 end = EndReason.BUDGET_EXHAUSTED
                 break
+            if ep.should_wrap_up():
+                messages.append(await ep.wrap_up(turn))
             completion = await ep.generate(messages, turn)
             if completion is None:  # cut at the deadline: never the answer
                 end = EndReason.BUDGET_EXHAUSTED
@@ -210,6 +217,8 @@ class _Episode:
         self.steps: list[Step] = []
         self.tool_schemas: list[dict[str, Any]] = []
         self.events = EventSink(observer) if observer is not None else None
+        self.wrap_up_s: float | None = None
+        self.wrapping_up = False  # told to answer now: no tools are offered any more
         self._tools_tokens: int | None = None  # estimated tokens of the tools section
         self._message_tokens, self._counted = 0, 0  # estimated tokens of messages[:counted]
 
@@ -228,16 +237,36 @@ class _Episode:
     def at(self) -> float:
         return self.clock.now() - self.start_at
 
+    def should_wrap_up(self) -> bool:
+        return (
+            self.wrap_up_s is not None
+            and not self.wrapping_up
+            and self.stop_at - self.clock.now() <= self.wrap_up_s
+        )
+
+    async def wrap_up(self, turn: int) -> Message:
+        """Tell the model time is almost up; from now on it is offered no tools."""
+        self.wrapping_up = True
+        status = self.status()
+        line = (
+            f"{self.opts.time.status_line(status)}\nTime is almost up: give your final answer "
+            "now, without calling any tool."
+        )
+        await self._status_shown("wrap_up", turn, status, line)
+        return Message(role="user", content=line)
+
+    @property
+    def offered_tools(self) -> list[dict[str, Any]]:
+        return [] if self.wrapping_up else self.tool_schemas
+
     # -- setup -------------------------------------------------------------------------------
     async def start(self) -> list[Message]:
         self.tool_schemas = await self._tool_schemas()
-        messages: list[Message] = []
-        if self.spec.system:
-            messages.append(Message(role="system", content=self.spec.system))
-        prompt = self.spec.prompt
+        messages = self.task.opening_messages()
         if self.opts.time.show_budget:
-            prompt = f"{prompt}\n\n{self.opts.time.budget_line(self.budget.seconds)}"
-        messages.append(Message(role="user", content=prompt))
+            last = messages[-1]
+            line = self.opts.time.budget_line(self.budget.seconds)
+            messages[-1] = last.model_copy(update={"content": f"{last.content}\n\n{line}"})
         if self.events:
             await self.events.emit(
                 EpisodeStarted(
@@ -296,7 +325,7 @@ class _Episode:
             # audits and training); the cutoff is the backstop for those that do not.
             async with self.clock.cutoff(self.stop_at + _GENERATION_GRACE_S):
                 completion = await self.policy.generate(
-                    messages, self.tool_schemas, deadline=deadline
+                    messages, self.offered_tools, deadline=deadline
                 )
         except TimeoutError:
             completion = Completion(finish_reason="deadline")
@@ -346,7 +375,7 @@ class _Episode:
             return None
         count = getattr(self.policy, "count_prompt_tokens", None)
         if callable(count):
-            prompt_tokens = int(count(messages, self.tool_schemas))
+            prompt_tokens = int(count(messages, self.offered_tools))
         else:
             # The conversation only grows, so only the new messages are estimated each turn.
             if self._tools_tokens is None:
@@ -386,7 +415,14 @@ class _Episode:
                 ToolCallSent(at=before - self.start_at, turn=step.index, call=call)
             )
         offered = {t["function"]["name"] for t in self.tool_schemas}
-        if call.name not in offered:
+        if self.wrapping_up:
+            result = ToolResult(
+                call_id=call.id,
+                name=call.name,
+                error="time_up",
+                content="Error (time_up): no time is left for tool calls; answer now.",
+            )
+        elif call.name not in offered:
             step.unknown_tool_calls += 1
             result = ToolResult(
                 call_id=call.id,
@@ -441,7 +477,11 @@ class _Episode:
         return Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
 
     async def _status_shown(
-        self, via: Literal["push", "pull"], turn: int, status: TimeStatus, line: str
+        self,
+        via: Literal["push", "pull", "wrap_up"],
+        turn: int,
+        status: TimeStatus,
+        line: str,
     ) -> None:
         if self.events:
             await self.events.emit(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from timely.errors import TaskError
 from timely.registry import Registry
-from timely.types import ToolCall
+from timely.types import Message, ToolCall
 
 if TYPE_CHECKING:
     from timely.types import Trajectory
@@ -104,6 +104,15 @@ class Task(ABC):
         import hashlib
 
         return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def opening_messages(self) -> list[Message]:
+        """The conversation an episode starts from: the system prompt, then the user turn.
+
+        The loop appends the budget line to the last message, which must be a user turn. Tasks
+        built from a chat history (the agent endpoint's ``messages`` requests) override this.
+        """
+        messages = [Message(role="system", content=self.spec.system)] if self.spec.system else []
+        return [*messages, Message(role="user", content=self.spec.prompt)]
 
     @property
     def id(self) -> str:

@@ -1,0 +1,113 @@
+"""The agent endpoint's errors: every failure is JSON in the OpenAI shape, never a bare 500.
+
+``{"error": {"message", "type", "code", "param"}}`` is what the official ``openai`` client reads
+(it raises ``BadRequestError``, ``AuthenticationError``, ``RateLimitError``... with the message),
+and the native ``/v1/runs`` API answers the same shape, so one client-side branch serves both.
+``type`` and ``code`` are the same machine-readable kind, from a closed list.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("timely.serve")
+
+# kind -> when it is answered (docs/serving.md lists the same).
+ERROR_KINDS: dict[str, str] = {
+    "invalid_json": "400: the body is not JSON",
+    "invalid_request": "422: the body has the wrong shape or values",
+    "unknown_tool": "400: a requested tool is not served by the tool server",
+    "unauthorized": "401: missing or wrong bearer token",
+    "not_found": "404: no such route or run",
+    "model_not_found": "404: the model is not the one this server serves",
+    "unknown_task": "404: no registered task of that id",
+    "method_not_allowed": "405",
+    "body_too_large": "413: the body exceeds max_body_bytes",
+    "too_many_runs": "429: max_concurrent_runs runs are in flight (Retry-After)",
+    "upstream_error": "502: the model or the tool server failed during the run",
+    "tools_unavailable": "503: the tool server cannot be reached",
+    "internal_error": "500: a bug in the server",
+}
+
+
+class ServeError(Exception):
+    """An error answered as OpenAI-shaped JSON with an HTTP status.
+
+    Args:
+        status: the HTTP status.
+        kind: one of :data:`ERROR_KINDS`.
+        message: what went wrong and what to do next.
+        param: the request field at fault, if one is.
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        assert kind in ERROR_KINDS, kind
+        self.status, self.kind, self.message = status, kind, message
+        self.param, self.headers = param, headers or {}
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.kind, self.message, self.param, self.headers)
+
+
+def error_response(
+    status: int,
+    kind: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "code": kind, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_message(errors: Any) -> tuple[str, str | None]:
+    """One line naming every failing field of a pydantic error, and the first field's path."""
+    parts, first = [], None
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        first = first or loc or None
+        parts.append(f"{loc or 'body'}: {e['msg']}")
+    return "invalid request: " + "; ".join(parts), first
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app answers (ours, FastAPI's, Starlette's, crashes) JSON."""
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc.errors())
+        return error_response(422, "invalid_request", message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        if kind is None:
+            kind = "invalid_request" if exc.status_code < 500 else "internal_error"
+        return error_response(exc.status_code, kind, str(exc.detail), None, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, "internal_error", f"the agent server failed: {type(exc).__name__}: {exc}"
+        )
