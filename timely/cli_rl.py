@@ -4,6 +4,7 @@
     timely-rl --config configs/train/smollm2_cpu.yaml --dry-run rl.steps=5
     timely-rl reward --variant paper          # print the reward curve
     timely-rl ship runs/train                 # ship the RL adapter as hf:smollm2-135m-timely
+    timely-rl export-gguf --adapter DIR --out model.gguf   # merged, for llamacpp:FILE
     timely-rl results runs/train              # rewrite results.md (and docs/) from the eval
 
 The training command is the composition root of :mod:`timely.train`; it holds no logic.
@@ -30,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-SUBCOMMANDS = ("reward", "ship", "results")
+SUBCOMMANDS = ("reward", "ship", "results", "export-gguf")
 
 TRAIN_HELP = """\
 Train a budget-aware agent: cold-start data -> SFT -> Timely-RL -> held-out eval.
@@ -177,6 +178,30 @@ def results(
         shutil.copyfile(path, docs)
         shutil.copyfile(path.with_name("figure3.png"), docs.with_name("figure3.png"))
     Console().print(f"wrote {path}" + (f" and {docs}" if docs else ""))
+
+
+@app.command("export-gguf")
+def export_gguf(
+    adapter: Annotated[
+        Path, typer.Option(help="A peft adapter directory (e.g. runs/train/rl/adapter).")
+    ],
+    out: Annotated[Path, typer.Option(help="The GGUF file to write.")],
+    dtype: Annotated[
+        str, typer.Option(help="How merged weights are stored: f16, q8_0 or f32.")
+    ] = "f16",
+) -> None:
+    """Merge an adapter into the embedded base and write a GGUF for ``llamacpp:FILE``."""
+    from timely.errors import PolicyError
+    from timely.policies.gguf_export import export_adapter_gguf
+
+    try:
+        path = export_adapter_gguf(adapter, out, dtype=dtype)  # type: ignore[arg-type]
+    except (ConfigError, PolicyError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    Console().print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB); run it as llamacpp:{path}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

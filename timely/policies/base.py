@@ -87,6 +87,11 @@ _BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
         "timely.policies.hf",
         "local transformers model: hf:smollm2-135m (embedded) or hf:/path/to/model",
     ),
+    "llamacpp": (
+        "timely.policies.llamacpp",
+        "llama.cpp on GGUF (fast CPU serving/eval): llamacpp:smollm2-135m, "
+        "llamacpp:smollm2-135m-timely or llamacpp:/path/to/model.gguf",
+    ),
     "openai": (
         "timely.policies.openai_http",
         "OpenAI-compatible chat completions (vLLM, any API): openai:MODEL --base-url URL",
