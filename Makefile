@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all bench lint format clean
+.PHONY: install demo test test-slow test-all bench lint format clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+# Headless Chromium for tests/e2e/test_dashboard_browser.py: Debian's package, because
+# `playwright install` downloads its own browser from a CDN. Only when missing and we are root.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow and not gpu"

@@ -465,6 +465,32 @@ def leaderboard(
     load_object(LEADERBOARD_COMMAND)(console, runs, out)
 
 
+@app.command()
+def dashboard(
+    dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories (trajectories.jsonl), report directories (results.json and "
+            "plots from `timely leaderboard`), or folders holding several."
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8900,
+) -> None:
+    """Open runs and reports in the browser: leaderboard, plots, a timeline per episode.
+
+    Serves a local page (no network needed) that re-reads the directories as they grow.
+    """
+    from timely.serve.dashboard import serve_dashboard
+
+    def announce(url: str) -> None:
+        console.print(
+            f"dashboard of {', '.join(map(str, dirs))} at {url} (Ctrl-C stops it)", soft_wrap=True
+        )
+
+    serve_dashboard(dirs, host=host, port=port, announce=announce)
+
+
 def main() -> None:
     try:
         app()
