@@ -160,6 +160,10 @@ def test_a_report_shows_the_runs_it_names(run, tmp_path):
         ("report", 0, None),
         ("run", 12, sources[0]["id"]),
     ]
+    # Its episodes are listed; its tables are the report's, not repeated.
+    tables = client(report).get("/api/results").json()["tables"]
+    assert {t["source"] for t in tables} == {sources[0]["id"]}
+    assert client(report).get("/api/episodes").json()["total"] == 12
 
 
 def test_run_results_json_of_timely_eval_gives_cell_tables(run):

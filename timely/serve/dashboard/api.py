@@ -39,7 +39,8 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
       counts, the values each filter can take, problems (a corrupt line, a missing directory)
       and a ``version`` that changes whenever a shown file changes (the page polls it).
     * ``/api/results`` — leaderboard tables (from each results.json, or computed from the
-      episodes of a run that has none) and the PNG plots of each report.
+      episodes of a run that has none) and the PNG plots of each report; a run shown because a
+      report names it adds none of its own.
     * ``/api/plots/{source}/{name}`` — one PNG plot of a source.
     * ``/api/episodes?source=&task=&family=&policy=&latency=&budget=&outcome=&offset=&limit=``
       — episode rows matching every filter given (a filter may list values with commas), with
@@ -98,8 +99,12 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
             found = sources.refresh()
             tables, plots = [], []
             for s in found:
+                if s.linked_from is not None:
+                    continue  # a run shown for the report that names it: that report's tables
                 for table in _tables(s):
-                    tables.append({"source": s.id, "source_name": s.name, **table})
+                    tables.append(
+                        {"source": s.id, "source_name": s.name, "source_kind": s.kind, **table}
+                    )
                 plots += [
                     {"source": s.id, "name": n, "url": f"api/plots/{s.id}/{n}"} for n in s.plots()
                 ]

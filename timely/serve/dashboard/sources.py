@@ -174,6 +174,8 @@ class Source:
             names = sorted(p.name for p in self.report_dir.iterdir() if p.is_file())
         except OSError:
             return []
+        # The headline plot (score against tool latency) first, as in leaderboard.md.
+        names.sort(key=lambda n: (not n.startswith("score_vs_latency"), n))
         return [n for n in names if _PLOT_NAME.match(n)]
 
 
@@ -268,7 +270,10 @@ class Sources:
                 continue
             path = Path(raw)
             if not path.is_absolute():
-                path = report.path / raw if (report.path / raw).is_dir() else Path.cwd() / raw
+                # A relative path was relative to where `timely leaderboard` ran: most often the
+                # project root, the current directory or a folder just above the report.
+                anchors = [Path.cwd(), report.path, *list(report.path.parents)[:3]]
+                path = next((a / raw for a in anchors if (a / raw / TRAJECTORIES).is_file()), path)
             if (path / TRAJECTORIES).is_file():
                 seen.setdefault(
                     path.resolve(), (str(run.get("name") or path.name), "run", report.id)

@@ -222,7 +222,7 @@ function renderResults(res) {
     const meta = [`${t0.tasks.length} task(s)`, t0.budgets.length ? `budgets ${t0.budgets.join(", ")}` : null,
       main.level === "computed" ? "computed from the episodes (no results.json)" : null].filter(Boolean).join(" · ");
     boards.push(h("div", { class: "board", "data-source": t0.source, "data-family": t0.family },
-      h("div", { class: "board-title" }, h("h3", { text: many ? `${t0.family} · ${t0.source_name}` : t0.family }),
+      h("div", { class: "board-title" }, h("h3", { text: many ? `${t0.family} · ${t0.source_name} (${t0.source_kind})` : t0.family }),
         h("span", { class: "meta", title: t0.origin, text: meta })),
       boardTable(main),
       cells ? h("details", { class: "cells" }, h("summary", { text: "By latency and budget" }), boardTable(cells)) : null));
@@ -242,16 +242,22 @@ function filterQuery() {
   for (const k of FILTERS) { const v = $(`#filters [name=${k}]`).value; if (v) p.set(k, v); }
   return p;
 }
+let episodeRequests = 0;
 async function loadEpisodes(append = false) {
+  // Answers may arrive out of order (a filter changed twice quickly, a poll): only the answer
+  // to the latest request is drawn. Returns whether this one was.
+  const seq = ++episodeRequests;
   const p = filterQuery();
   p.set("limit", PAGE);
   p.set("offset", append ? state.episodes.length : 0);
   const res = await getJSON(`api/episodes?${p}`);
+  if (seq !== episodeRequests) return false;
   state.episodes = append ? state.episodes.concat(res.episodes) : res.episodes;
   state.total = res.total;
   renderChips(res.counts);
   renderEpisodes();
   renderOutcomeChart();
+  return true;
 }
 function renderChips(counts) {
   const current = $("#filters [name=outcome]").value;
@@ -280,8 +286,7 @@ function renderEpisodes() {
   h("td", { class: "task", title: `${e.task}, seed ${e.seed}${e.sample ? `, sample ${e.sample}` : ""}` },
     e.task, h("span", { class: "seed", text: ` #${e.seed}${e.sample ? `·${e.sample}` : ""}` })),
   h("td", { text: e.policy }),
-  h("td", { title: e.latency, text: latencyShort(e.latency) }),
-  h("td", { text: e.budget }),
+  h("td", { title: `tool latency ${e.latency}, budget ${e.budget}`, text: `${latencyShort(e.latency)} · ${e.budget}` }),
   h("td", {}, miniBar(e)),
   h("td", { class: "num", text: fmt(e.score) }),
   h("td", { class: "num", text: String(e.steps) })));
@@ -318,10 +323,10 @@ function renderOutcomeChart() {
 }
 function filtersChanged() {
   writeHash();
-  loadEpisodes().then(() => {
+  loadEpisodes().then((drawn) => {
     // The episode shown must be one of the list: else show the first that matches.
     const first = state.episodes[0];
-    if (first && !state.episodes.some((e) => e.id === state.selected)) selectEpisode(first.id);
+    if (drawn && first && !state.episodes.some((e) => e.id === state.selected)) selectEpisode(first.id);
   }).catch(showError);
 }
 
@@ -347,7 +352,8 @@ function timeline(ep) {
   const steps = ep.timeline;
   const used = Math.max(ep.elapsed_s || 0, ...steps.map((st) => st.ended_at), 1e-6);
   const end = state.zoom === "episode" ? used * 1.02 : Math.max(ep.budget_s || 0, used);
-  const W = 760, left = 52, right = 70, top = 34, laneH = Math.max(9, Math.min(22, 360 / Math.max(steps.length, 1)));
+  // Drawn at the panel's own width, so the labels keep their size on any screen.
+  const W = Math.max(480, Math.min(1400, $("#episode-detail").clientWidth - 2) || 760), left = 52, right = 70, top = 34, laneH = Math.max(9, Math.min(22, 360 / Math.max(steps.length, 1)));
   const overallH = 16, gap = 10;
   const H = top + overallH + gap + steps.length * laneH + 40;
   const x = (t) => left + ((W - left - right) * t) / end;
