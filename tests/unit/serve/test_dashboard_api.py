@@ -289,6 +289,7 @@ def test_the_page_and_its_files_work_under_a_prefix(run):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'src="dashboard/app.js"' in page.text and "//" not in page.text.split("<script")[1]
     assert c.get("/dash/dashboard/app.js").headers["content-type"].startswith("text/javascript")
+    assert c.get("/dash/dashboard/episode.js").headers["content-type"].startswith("text/java")
     assert c.get("/dash/dashboard/style.css").status_code == 200
     assert c.get("/dash/api/summary").json()["episodes"] == 12
 

@@ -21,6 +21,7 @@ from timely.serve.errors import error_response, install_error_handlers
 STATIC = resources.files("timely.serve.dashboard") / "static"
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
+    "episode.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 FILTERS = ("source", "task", "family", "policy", "latency", "budget", "outcome")
@@ -34,7 +35,7 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
 
     Routes (all ``GET``; URLs in the page are relative, so a prefix works):
 
-    * ``/`` — the page; ``/dashboard/app.js``, ``/dashboard/style.css`` — its code and style.
+    * ``/`` — the page; ``/dashboard/app.js``, ``episode.js``, ``style.css`` — its code and style.
     * ``/api/summary`` — the directories, the sources found in them (runs and reports), episode
       counts, the values each filter can take, problems (a corrupt line, a missing directory)
       and a ``version`` that changes whenever a shown file changes (the page polls it).
