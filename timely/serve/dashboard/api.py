@@ -72,10 +72,16 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
             return error_response(404, "not_found", f"no dashboard file {asset!r}")
         return Response((STATIC / asset).read_bytes(), media_type=_ASSETS[asset], headers=NO_CACHE)
 
+    # The page polls the summary every few seconds; unchanged files give the same answer.
+    last_summary: dict[tuple[str, ...], dict[str, Any]] = {}
+
     @router.get("/api/summary")
     def summary() -> JSONResponse:
         with sources.lock:
             found = sources.refresh()
+            key = (sources.version(found), *sources.problems)
+            if key in last_summary:
+                return JSONResponse(last_summary[key], headers=NO_CACHE)
             rows = [row for s in found for row in _rows(s)]
             facets = {
                 key: _values(rows, key) for key in ("source", "task", "policy", "latency", "budget")
@@ -86,12 +92,14 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
             ]
             body = {
                 "dirs": [str(d) for d in sources.dirs],
-                "version": sources.version(found),
+                "version": key[0],
                 "episodes": len(rows),
                 "sources": [_describe(s) for s in found],
                 "facets": facets,
                 "problems": [*sources.problems, *(p for s in found for p in _problems(s))],
             }
+            last_summary.clear()
+            last_summary[key] = body
         return JSONResponse(body, headers=NO_CACHE)
 
     @router.get("/api/results")
