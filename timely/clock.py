@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -182,3 +183,12 @@ def make_clock(kind: ClockKind) -> Clock:
 def wall_seconds() -> float:
     """A raw monotonic reading, for measuring real durations (e.g. model calls) outside a Clock."""
     return time.perf_counter()
+
+
+def utc_now() -> datetime:
+    """The current UTC date and time (timezone-aware), for stamping records.
+
+    Not an episode clock: a virtual clock's seconds say nothing about *when* an episode ran,
+    and people join trajectories with server and model logs by that.
+    """
+    return datetime.now(UTC)

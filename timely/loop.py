@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,7 +24,7 @@ from timely.budget import (
     TimeStatus,
     get_duration_schema,
 )
-from timely.clock import Clock, SpeedProfile, speed_profile
+from timely.clock import Clock, SpeedProfile, speed_profile, utc_now
 from timely.errors import TaskError, ToolServerUnavailable
 from timely.events import (
     EpisodeEnded,
@@ -129,7 +130,7 @@ async def run_episode(
         # Preparing the environment (creating a game, a workspace) is not the agent's time:
         # the budget starts once the task is ready.
         await task.setup(tools, session)
-        ep.start_at = clock.now()
+        ep.start_at, ep.started_utc = clock.now(), utc_now()
         messages = await ep.start()
         for turn in range(opts.max_turns or task.spec.max_turns):
             if ep.out_of_time():
@@ -170,7 +171,7 @@ async def run_episode(
         end, error = EndReason.POLICY_ERROR, f"{type(exc).__name__}: {exc}"
     finally:
         # Elapsed time is fixed when the episode ends; closing the game is not agent time.
-        ep.end_at = clock.now()
+        ep.end_at, ep.ended_utc = clock.now(), utc_now()
         with contextlib.suppress(ToolServerUnavailable):
             await task.teardown(tools, session)
     traj = ep.finish(messages, end, answer, error, sample=sample)
@@ -214,6 +215,9 @@ class _Episode:
         self.pull = opts.time.pulls(self.spec.time_status)
         self.start_at = clock.now()
         self.end_at: float | None = None
+        # Wall stamps beside the clock's seconds (the record says when it ran, for log joins).
+        self.started_utc = utc_now()
+        self.ended_utc: datetime | None = None
         self.steps: list[Step] = []
         self.tool_schemas: list[dict[str, Any]] = []
         self.events = EventSink(observer) if observer is not None else None
@@ -532,6 +536,8 @@ class _Episode:
             error=error,
             gen_s=sum(s.gen_s for s in self.steps),
             tool_s=sum(s.tool_s for s in self.steps),
+            started_at_utc=self.started_utc,
+            ended_at_utc=self.ended_utc or utc_now(),
         )
         if answered:
             traj.score = float(self.task.score(answer, traj))

@@ -14,9 +14,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2  # 2: tools offered, target, sample, usage_estimated, work_s
+SCHEMA_VERSION = 3  # 2: tools offered, target, sample, usage_estimated, work_s; 3: UTC stamps
+# Fields that say when an episode was played, not what happened in it: a virtual-clock replay
+# reproduces everything else byte for byte (Trajectory.replay_json).
+WALL_STAMPS = frozenset({"started_at_utc", "ended_at_utc"})
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -181,6 +184,17 @@ class Trajectory(_Record):
     error: str | None = None
     config_hash: str = ""
     latency: str = ""
+    started_at_utc: AwareDatetime | None = Field(
+        None,
+        description="Wall date and time (UTC, ISO 8601 in JSON) when the budget started, beside "
+        "the clock's seconds, for joining runs with server and model logs; None in records "
+        "older than schema 3.",
+    )
+    ended_at_utc: AwareDatetime | None = Field(
+        None,
+        description="Wall date and time (UTC, ISO 8601 in JSON) when the episode ended; on a "
+        "virtual clock it is not started_at_utc + elapsed_s (simulated time passes faster).",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -193,6 +207,10 @@ class Trajectory(_Record):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+    def replay_json(self) -> str:
+        """The record without :data:`WALL_STAMPS`: what a virtual-clock replay reproduces."""
+        return self.model_dump_json(exclude=set(WALL_STAMPS))
 
 
 def write_jsonl(

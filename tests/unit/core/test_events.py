@@ -98,4 +98,4 @@ async def test_a_failing_observer_does_not_fail_the_episode():
     with_observer = await _play(make_policy("scripted:oracle"), broken)
     without = await _play(make_policy("scripted:oracle"), None)
     assert len(calls) == 1  # dropped after the first failure
-    assert with_observer.model_dump_json() == without.model_dump_json()
+    assert with_observer.replay_json() == without.replay_json()

@@ -110,7 +110,7 @@ async def test_episodes_replay_byte_identical_with_their_work(task_id):
             )
 
     first, second = await play(), await play()
-    assert first.score == 1.0 and first.model_dump_json() == second.model_dump_json()
+    assert first.score == 1.0 and first.replay_json() == second.replay_json()
     results = [r for s in first.steps for r in s.tool_results]
     assert sum(r.work_s for r in results) > 0
     assert all(r.charged_s == r.latency_s + r.work_s for r in results)
