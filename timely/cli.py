@@ -367,17 +367,44 @@ def serve_cmd(
     serve(cfg, dashboard_dirs=dashboard)
 
 
+Many = list[str] | None  # a repeatable option; each value may also be a comma-separated list
+
+
 @app.command()
 def show(
     path: Annotated[Path, typer.Argument(help="trajectories.jsonl or a run directory.")],
+    task: Annotated[
+        Many, typer.Option("--task", help="Task id, family (math), glob (math/*) (repeatable).")
+    ] = None,
+    policy: Annotated[
+        Many, typer.Option("--policy", help="Policy label or spec, or a glob (repeatable).")
+    ] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed (repeatable).")] = None,
+    latency: Annotated[
+        Many, typer.Option("--latency", help="Latency spec, glob, or constant seconds (0.2).")
+    ] = None,
+    budget: Annotated[
+        Many, typer.Option("--budget", help="Budget label (30s, 1x) or seconds (repeatable).")
+    ] = None,
+    outcome: Annotated[
+        Many,
+        typer.Option(
+            "--outcome",
+            help="on_time (ok), wrong, late, cut_off, no_answer, failed (repeatable).",
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Show at most N episodes.")] = None,
+    as_list: Annotated[
+        bool, typer.Option("--list", help="One table row per episode instead of traces.")
+    ] = False,
 ) -> None:
-    """Print the traces recorded in a run."""
-    from timely.trace import print_trace
-    from timely.types import iter_jsonl
+    """Print the traces recorded in a run, optionally only the episodes matching filters."""
+    from timely.trace import TraceFilter, show_run
 
-    file = path / "trajectories.jsonl" if path.is_dir() else path
-    for traj in iter_jsonl(file):
-        print_trace(traj, console)
+    chosen = TraceFilter.build(
+        tasks=task, policies=policy, seeds=seed, latencies=latency, budgets=budget, outcomes=outcome
+    )
+    show_run(path, chosen, console, limit=limit, as_list=as_list)
 
 
 @app.command("eval")

@@ -1,15 +1,24 @@
-"""Readable traces of trajectories in the terminal (rich)."""
+"""Readable traces of trajectories in the terminal (rich), and picking which to show.
+
+:class:`TraceFilter` is what ``timely show RUN --task … --outcome …`` narrows a run by; the
+outcome of an episode (:func:`outcome`) uses the dashboard's vocabulary, so a filter means the
+same in the terminal and on the page.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from timely.types import Trajectory
+from timely.errors import ConfigError
+from timely.types import EndReason, Trajectory, iter_jsonl
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -62,6 +71,8 @@ def outcome_line(traj: Trajectory) -> Text:
         f"reward {traj.reward:.3f}",
         style=style,
     )
+    if traj.started_at_utc is not None:  # when it ran, to find it in server and model logs
+        text.append(f" · started {traj.started_at_utc.isoformat(timespec='milliseconds')}")
     if traj.error:
         text.append(f"\nerror: {traj.error}", style="red")
     return text
@@ -129,3 +140,277 @@ def live_line(seed: int, event: Any) -> str | None:
             f"{'on time' if event.compliant else 'NOT on time'} · reward {event.reward:.3f}"
         )
     return None
+
+
+# ---- picking episodes ------------------------------------------------------------------------
+
+# The dashboard's outcomes (timely/serve/dashboard/records.py, tested to agree), in its order.
+OUTCOMES: dict[str, str] = {
+    "on_time": "answered on time",
+    "wrong": "answered on time, wrong (score 0)",
+    "late": "answered after the budget",
+    "cut_off": "cut off at the budget",
+    "no_answer": "turn limit reached without an answer",
+    "failed": "failed (model or tool server error)",
+}
+# What people type: `ok` is the issue's word for on time, and dashes read like the CLI's flags.
+OUTCOME_ALIASES = {"ok": "on_time", "cutoff": "cut_off", "error": "failed"}
+
+
+def outcome(traj: Trajectory) -> str:
+    """The episode's outcome, one of :data:`OUTCOMES`."""
+    if traj.end_reason == EndReason.ANSWERED:
+        if not traj.compliant:
+            return "late"  # only an overrun="late" budget keeps an answer past the budget
+        return "on_time" if traj.score > 0 else "wrong"
+    if traj.end_reason == EndReason.BUDGET_EXHAUSTED:
+        return "cut_off"
+    if traj.end_reason == EndReason.MAX_TURNS:
+        return "no_answer"
+    return "failed"
+
+
+def _label(traj: Trajectory) -> str:
+    return str(traj.metadata.get("label") or traj.policy)
+
+
+def _budget_label(traj: Trajectory) -> str:
+    return str(traj.metadata.get("budget_label") or f"{traj.budget_s:g}s")
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text.removesuffix("s"))
+    except ValueError:
+        return None
+
+
+def _split(values: Iterable[str] | None) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values or () for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    """Which episodes of a run to show; an empty field lets everything through.
+
+    Values within a field are alternatives (any may match), fields must all match.
+
+    Attributes:
+        tasks: task ids, globs (``math/*``), families (``math``) or unversioned ids
+            (``math/arithmetic`` matches ``math/arithmetic-v1``).
+        policies: suite labels or policy specs, or globs of them; a spec's name alone
+            (``oracle`` for ``scripted:oracle``) matches too.
+        seeds: episode seeds.
+        latencies: latency specs (``constant:0.2``), globs, or seconds of a constant latency
+            (``0.2`` or ``0.2s``).
+        budgets: budget labels as the leaderboard shows them (``30s``, ``1x``) or seconds.
+        outcomes: names in :data:`OUTCOMES` (or ``ok``, ``cut-off``…).
+    """
+
+    tasks: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    latencies: tuple[str, ...] = ()
+    budgets: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        tasks: Iterable[str] | None = None,
+        policies: Iterable[str] | None = None,
+        seeds: Iterable[int] | None = None,
+        latencies: Iterable[str] | None = None,
+        budgets: Iterable[str] | None = None,
+        outcomes: Iterable[str] | None = None,
+    ) -> TraceFilter:
+        """A filter from repeated (or comma-separated) command-line values.
+
+        Raises:
+            ConfigError: an outcome is not one of :data:`OUTCOMES`.
+        """
+        names = []
+        for raw in _split(outcomes):
+            name = raw.lower().replace("-", "_")
+            name = OUTCOME_ALIASES.get(name, name)
+            if name not in OUTCOMES:
+                known = ", ".join([*OUTCOMES, *OUTCOME_ALIASES])
+                raise ConfigError(f"unknown outcome {raw!r}; use one of {known}")
+            names.append(name)
+        return cls(
+            tasks=_split(tasks),
+            policies=_split(policies),
+            seeds=tuple(seeds or ()),
+            latencies=_split(latencies),
+            budgets=_split(budgets),
+            outcomes=tuple(names),
+        )
+
+    def __bool__(self) -> bool:
+        return any(
+            (self.tasks, self.policies, self.seeds, self.latencies, self.budgets, self.outcomes)
+        )
+
+    def matches(self, traj: Trajectory) -> bool:
+        """Whether ``traj`` passes every field of the filter."""
+        return (
+            (not self.tasks or any(_task_matches(traj.task_id, t) for t in self.tasks))
+            and (not self.policies or any(_policy_matches(traj, p) for p in self.policies))
+            and (not self.seeds or traj.seed in self.seeds)
+            and (
+                not self.latencies or any(_latency_matches(traj.latency, x) for x in self.latencies)
+            )
+            and (not self.budgets or any(_budget_matches(traj, b) for b in self.budgets))
+            and (not self.outcomes or outcome(traj) in self.outcomes)
+        )
+
+    def describe(self) -> str:
+        parts = [
+            f"{name} {', '.join(map(str, values))}"
+            for name, values in (
+                ("task", self.tasks),
+                ("policy", self.policies),
+                ("seed", self.seeds),
+                ("latency", self.latencies),
+                ("budget", self.budgets),
+                ("outcome", self.outcomes),
+            )
+            if values
+        ]
+        return " · ".join(parts) or "no filter"
+
+
+def _task_matches(task_id: str, pattern: str) -> bool:
+    if "/" not in pattern and not any(c in pattern for c in "*?["):
+        return task_id.split("/", 1)[0] == pattern  # a family
+    base, _, version = task_id.rpartition("-v")
+    unversioned = base if version.isdigit() else task_id
+    return fnmatch.fnmatchcase(task_id, pattern) or unversioned == pattern
+
+
+def _policy_matches(traj: Trajectory, pattern: str) -> bool:
+    names = {_label(traj), traj.policy}
+    names |= {n.partition(":")[2] for n in names if ":" in n}  # `oracle` for `scripted:oracle`
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def _latency_matches(spec: str, pattern: str) -> bool:
+    if fnmatch.fnmatchcase(spec, pattern):
+        return True
+    seconds = _seconds(pattern)
+    kind, _, arg = spec.partition(":")
+    return seconds is not None and kind == "constant" and _seconds(arg) == seconds
+
+
+def _budget_matches(traj: Trajectory, pattern: str) -> bool:
+    if fnmatch.fnmatchcase(_budget_label(traj), pattern):
+        return True
+    seconds = _seconds(pattern)
+    return seconds is not None and abs(traj.budget_s - seconds) < 1e-9
+
+
+def read_run(path: str | Path) -> list[Trajectory]:
+    """The episodes of a run directory (or a trajectories JSONL), each episode key once.
+
+    Eval runs key their records (``metadata['key']``); a record repeated after a resume is the
+    same episode and is shown once. Records without a key (``timely run``) are all kept.
+
+    Raises:
+        ConfigError: there is no trajectories file at ``path``.
+    """
+    path = Path(path)
+    file = path / "trajectories.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(
+            f"{path} holds no trajectories.jsonl; give a directory written by `timely run` or "
+            "`timely eval`, or a trajectories JSONL file"
+        )
+    seen: set[str] = set()
+    out = []
+    for traj in iter_jsonl(file):
+        key = traj.metadata.get("key")
+        if isinstance(key, str):
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(traj)
+    return out
+
+
+def what_is_there(trajs: Sequence[Trajectory]) -> str:
+    """The values a run holds, for a filter that matched nothing."""
+
+    def values(items: Iterable[Any]) -> str:
+        vals = sorted({str(v) for v in items})
+        return ", ".join(vals[:12]) + (f" (+{len(vals) - 12} more)" if len(vals) > 12 else "")
+
+    seeds = sorted({t.seed for t in trajs})
+    return (
+        f"tasks: {values(t.task_id for t in trajs)}; policies: {values(map(_label, trajs))}; "
+        f"seeds: {seeds[0]}..{seeds[-1]}; latencies: {values(t.latency for t in trajs)}; "
+        f"budgets: {values(map(_budget_label, trajs))}; outcomes: {values(map(outcome, trajs))}"
+        if trajs
+        else "no episodes"
+    )
+
+
+def episode_table(trajectories: Iterable[Trajectory]) -> Table:
+    """One row per episode with what a filter picks on: task, policy, seed, cell and outcome."""
+    table = Table(title="episodes", title_justify="left")
+    for col in ("task", "policy", "seed", "latency", "budget", "outcome", "score", "elapsed s"):
+        table.add_column(col, justify="left" if col in ("task", "policy", "outcome") else "right")
+    for t in trajectories:
+        table.add_row(
+            t.task_id,
+            _label(t),
+            str(t.seed) + (f"#{t.sample}" if t.sample else ""),
+            t.latency or "-",
+            _budget_label(t),
+            outcome(t),
+            f"{t.score:.2f}",
+            f"{t.elapsed_s:.2f}",
+        )
+    return table
+
+
+def show_run(
+    path: str | Path,
+    trace_filter: TraceFilter,
+    console: Console,
+    *,
+    limit: int | None = None,
+    as_list: bool = False,
+) -> int:
+    """Print the traces (or, with ``as_list``, a table) of a run's matching episodes.
+
+    Returns:
+        How many episodes matched.
+
+    Raises:
+        ConfigError: nothing matched (the message lists what the run holds).
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    trajs = read_run(path)
+    picked = sorted(
+        (t for t in trajs if trace_filter.matches(t)),
+        key=lambda t: (t.task_id, _label(t), t.latency, t.budget_s, t.seed, t.sample),
+    )
+    if not picked:
+        raise ConfigError(
+            f"no episode of {path} matches {trace_filter.describe()} ({len(trajs)} episodes; "
+            f"{what_is_there(trajs)})"
+        )
+    shown = picked[:limit] if limit else picked
+    if as_list:
+        console.print(episode_table(shown))
+    else:
+        for traj in shown:
+            print_trace(traj, console)
+    if trace_filter or len(shown) < len(picked):
+        more = f"; showing {len(shown)} (--limit)" if len(shown) < len(picked) else ""
+        console.print(
+            f"{len(picked)} of {len(trajs)} episodes match {trace_filter.describe()}{more}"
+        )
+    return len(picked)
