@@ -20,6 +20,7 @@ from timely.registry import load_object
 # The layers above the core, resolved by the commands that need them.
 EVAL_COMMAND = "timely_eval.commands:eval_command"
 LEADERBOARD_COMMAND = "timely_eval.commands:leaderboard_command"
+EXPORT_COMMAND = "timely_eval.export:export_command"
 SERVE = "server.app:serve"
 BUILD_SERVER_CONFIG = "server.config:build_server_config"
 
@@ -490,6 +491,20 @@ def leaderboard(
 ) -> None:
     """Write leaderboard.md, leaderboard.html, results.json and plots from run directories."""
     load_object(LEADERBOARD_COMMAND)(console, runs, out)
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory (timely eval or timely run).")],
+    format: Annotated[
+        str, typer.Option("--format", help="parquet | jsonl | hf (a datasets.save_to_disk dir).")
+    ] = "parquet",
+    out: Annotated[
+        Path | None, typer.Option(help="Export directory (default exports/RUN-FORMAT).")
+    ] = None,
+) -> None:
+    """Write a run's episodes (results) and trajectories as tables for pandas / HF datasets."""
+    load_object(EXPORT_COMMAND)(console, run, format, out)
 
 
 @app.command()
