@@ -21,6 +21,7 @@ from timely.registry import load_object
 EVAL_COMMAND = "timely_eval.commands:eval_command"
 LEADERBOARD_COMMAND = "timely_eval.commands:leaderboard_command"
 EXPORT_COMMAND = "timely_eval.export:export_command"
+COMPARE_COMMAND = "timely_eval.compare:compare_command"
 SERVE = "server.app:serve"
 BUILD_SERVER_CONFIG = "server.config:build_server_config"
 
@@ -491,6 +492,18 @@ def leaderboard(
 ) -> None:
     """Write leaderboard.md, leaderboard.html, results.json and plots from run directories."""
     load_object(LEADERBOARD_COMMAND)(console, runs, out)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The baseline run (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The run to judge against it (B).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory (default reports/compare-A-vs-B).")
+    ] = None,
+) -> None:
+    """B - A per cell, paired on the episodes both runs played: compare.md, .html and .json."""
+    load_object(COMPARE_COMMAND)(console, run_a, run_b, out)
 
 
 @app.command("export")
