@@ -144,7 +144,7 @@ def live_line(seed: int, event: Any) -> str | None:
 
 # ---- picking episodes ------------------------------------------------------------------------
 
-# The dashboard's outcomes (timely/serve/dashboard/records.py, tested to agree), in its order.
+# Episode outcomes, in display order: `timely show` filters by them, the dashboard lists them.
 OUTCOMES: dict[str, str] = {
     "on_time": "answered on time",
     "wrong": "answered on time, wrong (score 0)",

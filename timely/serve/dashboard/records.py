@@ -14,16 +14,11 @@ import math
 from collections import defaultdict
 from typing import Any
 
-# An episode's outcome, in the order the page lists them. "wrong" is an answer in time that
-# scored 0; "no_answer" ran out of turns (the episode's turn limit) before answering.
-OUTCOMES: dict[str, str] = {
-    "on_time": "answered on time",
-    "wrong": "answered on time, wrong (score 0)",
-    "late": "answered after the budget",
-    "cut_off": "cut off at the budget",
-    "no_answer": "turn limit reached without an answer",
-    "failed": "failed (model or tool server error)",
-}
+from timely.trace import OUTCOMES as TRACE_OUTCOMES
+
+# An episode's outcome, in the order the page lists them: the same vocabulary `timely show`
+# filters by. "wrong" is an answer in time that scored 0; "no_answer" ran out of turns.
+OUTCOMES = TRACE_OUTCOMES
 _FAILED_ENDS = {"policy_error", "tool_server_error"}
 _REQUIRED = ("task_id", "budget_s", "end_reason", "steps")
 TEXT_LIMIT = 4000  # characters of a step's text or a tool result kept in an episode's detail
