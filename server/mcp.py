@@ -12,8 +12,11 @@ Clock, deadline and session come from the ``tools/call`` request's ``_meta``
 set HTTP headers, from ``X-Timely-Clock``, ``X-Timely-Deadline-S`` and ``X-Timely-Session-Id``;
 without either, a legacy (2025) MCP session's ``Mcp-Session-Id`` keys the session. The result's
 ``_meta`` reports ``timely/latency_s``, ``timely/service_s``, ``timely/work_s``,
-``timely/fault`` and ``timely/status``. A client that cancels (2026 protocol: closes the
-response stream; 2025: ``notifications/cancelled``) cancels the injected wait.
+``timely/fault`` and ``timely/status``. Tools are listed with their titles, behaviour hints
+(read-only, destructive, idempotent; never open-world) and, where they answer with a JSON
+object, an ``outputSchema``; those results also carry the object as ``structuredContent``. A
+client that cancels (2026 protocol: closes the response stream; 2025:
+``notifications/cancelled``) cancels the injected wait.
 
 The SDK's session manager runs a task group that must be entered from the host app's lifespan
 (:meth:`McpFacade.run`); without it ``/mcp`` answers 503 ``mcp_not_started``.
@@ -37,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from server.core import CallOutcome, ToolServer
 from server.errors import ApiError, error_response
 from server.routes import LOG_SCOPE_KEY, body_too_large, parse_clock_headers
+from tools.base import ToolDef
 
 META_CLOCK = "timely/clock"
 META_DEADLINE = "timely/deadline_s"
@@ -133,11 +137,7 @@ class McpFacade:
         self, ctx: Any, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         registry = self.tools.registry
-        tools = [
-            types.Tool(name=t.name, description=t.description, input_schema=t.parameters)
-            for t in (registry.get(n) for n in registry.names())
-        ]
-        return types.ListToolsResult(tools=tools)
+        return types.ListToolsResult(tools=[_tool(registry.get(n)) for n in registry.names()])
 
     async def _call_tool(
         self, ctx: Any, params: types.CallToolRequestParams
@@ -180,7 +180,25 @@ class McpFacade:
             work_s=outcome.work_s,
             fault=outcome.fault,
         )
-        return _result(outcome)
+        return _result(outcome, tooldef)
+
+
+def _tool(tooldef: ToolDef) -> types.Tool:
+    """The MCP listing of one tool: schemas, title and behaviour hints from its ToolDef."""
+    return types.Tool(
+        name=tooldef.name,
+        title=tooldef.title,
+        description=tooldef.description,
+        input_schema=tooldef.parameters,
+        output_schema=tooldef.output_schema,
+        annotations=types.ToolAnnotations(
+            title=tooldef.title,
+            read_only_hint=tooldef.read_only,
+            destructive_hint=tooldef.destructive,
+            idempotent_hint=tooldef.idempotent,
+            open_world_hint=False,  # simulated tools: nothing outside the server is touched
+        ),
+    )
 
 
 def _clock(meta: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[bool, float | None]:
@@ -194,7 +212,9 @@ def _clock(meta: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[bool, f
     return parse_clock_headers(get)
 
 
-def _result(outcome: CallOutcome) -> types.CallToolResult:
+def _result(outcome: CallOutcome, tooldef: ToolDef) -> types.CallToolResult:
+    """A call's MCP result: text (JSON for objects), plus ``structuredContent`` for tools that
+    declare an output schema; a tool-level failure is ``isError`` text."""
     body = outcome.body
     meta = {
         "timely/latency_s": outcome.latency_s,
@@ -212,4 +232,10 @@ def _result(outcome: CallOutcome) -> types.CallToolResult:
         )
     result = body.get("result")
     text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], meta=meta)
+    # The text block stays for clients that predate structured content (the spec asks for it).
+    structured = result if tooldef.output_schema is not None and isinstance(result, dict) else None
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=structured,
+        meta=meta,
+    )

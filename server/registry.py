@@ -95,12 +95,27 @@ class ToolRegistry:
         return cached[1]
 
     def register(
-        self, name: str, *, description: str, parameters: dict[str, Any], latency: Any = None
+        self,
+        name: str,
+        *,
+        description: str,
+        parameters: dict[str, Any],
+        latency: Any = None,
+        **hints: Any,
     ) -> Callable[[ToolHandler], ToolDef]:
-        """Decorator: define a tool and add it here in one step."""
+        """Decorator: define a tool and add it here in one step.
+
+        Args:
+            name: the tool name.
+            description: shown to the model.
+            parameters: JSON Schema of the arguments.
+            latency: the tool's own default latency spec.
+            **hints: ``title``, ``read_only``, ``destructive``, ``idempotent``,
+                ``output_schema`` (see :class:`tools.base.ToolDef`).
+        """
 
         def deco(handler: ToolHandler) -> ToolDef:
-            return self.add(ToolDef(name, description, parameters, handler, latency))
+            return self.add(ToolDef(name, description, parameters, handler, latency, **hints))
 
         return deco
 

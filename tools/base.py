@@ -96,6 +96,14 @@ class ToolDef:
         latency: the tool's own default latency spec (e.g. ``"constant:0"``), or None to use the
             server's default. Kept as given; the server parses it when it registers the tool
             (``server.latency.parse_latency``), and its per-tool overrides still win.
+        title: a human-readable name for UIs (MCP ``title``); None: clients show ``name``.
+        read_only: the tool changes nothing (MCP ``readOnlyHint``): a client may call it freely.
+        destructive: a call may overwrite or end state (MCP ``destructiveHint``; the spec's
+            default is True). False: it only adds state. Meaningless for read-only tools.
+        idempotent: calling it again with the same arguments has no further effect.
+        output_schema: JSON Schema (an object type) of the result, for tools that return a JSON
+            object; MCP clients get it as ``outputSchema`` and the result as
+            ``structuredContent``. None for tools that answer in text.
     """
 
     name: str
@@ -103,6 +111,11 @@ class ToolDef:
     parameters: dict[str, Any]
     handler: ToolHandler
     latency: Any = None
+    title: str | None = None
+    read_only: bool = False
+    destructive: bool = True
+    idempotent: bool = False
+    output_schema: dict[str, Any] | None = None
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +130,20 @@ class ToolDef:
             Draft202012Validator.check_schema(self.parameters)
         except SchemaError as exc:
             raise ValueError(f"tool {self.name!r}: invalid JSON Schema: {exc.message}") from None
+        if self.output_schema is not None:
+            if self.output_schema.get("type") != "object":
+                raise ValueError(
+                    f"tool {self.name!r}: output_schema must be a JSON Schema object type "
+                    "(MCP structured content is a JSON object)"
+                )
+            try:
+                Draft202012Validator.check_schema(self.output_schema)
+            except SchemaError as exc:
+                raise ValueError(
+                    f"tool {self.name!r}: invalid output_schema: {exc.message}"
+                ) from None
+        if self.read_only and self.destructive:
+            object.__setattr__(self, "destructive", False)  # nothing to destroy: MCP reads it so
         object.__setattr__(self, "validator", Draft202012Validator(self.parameters))
 
     def openai(self) -> dict[str, Any]:
@@ -132,7 +159,16 @@ class ToolDef:
 
 
 def tool(
-    name: str, *, description: str, parameters: dict[str, Any], latency: Any = None
+    name: str,
+    *,
+    description: str,
+    parameters: dict[str, Any],
+    latency: Any = None,
+    title: str | None = None,
+    read_only: bool = False,
+    destructive: bool = True,
+    idempotent: bool = False,
+    output_schema: dict[str, Any] | None = None,
 ) -> Callable[[ToolHandler], ToolDef]:
     """Decorator turning an async handler into a :class:`ToolDef`.
 
@@ -141,9 +177,25 @@ def tool(
         description: shown to the model.
         parameters: JSON Schema of the arguments.
         latency: optional default latency spec for this tool.
+        title: human-readable name (MCP ``title``).
+        read_only: the tool changes no state (MCP ``readOnlyHint``).
+        destructive: a call may overwrite or end state (MCP ``destructiveHint``).
+        idempotent: repeating a call with the same arguments changes nothing more.
+        output_schema: JSON Schema of a JSON-object result (MCP ``outputSchema``).
     """
 
     def deco(handler: ToolHandler) -> ToolDef:
-        return ToolDef(name, description, parameters, handler, latency)
+        return ToolDef(
+            name,
+            description,
+            parameters,
+            handler,
+            latency,
+            title=title,
+            read_only=read_only,
+            destructive=destructive,
+            idempotent=idempotent,
+            output_schema=output_schema,
+        )
 
     return deco

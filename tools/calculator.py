@@ -213,6 +213,9 @@ def format_number(value: Number) -> str:
         "required": ["expression"],
         "additionalProperties": False,
     },
+    title="Calculator",
+    read_only=True,
+    idempotent=True,
 )
 async def calculator(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """Evaluate ``arguments["expression"]`` and return the value as a string."""

@@ -16,6 +16,9 @@ from tools.base import ToolContext, tool
         "required": ["text"],
         "additionalProperties": False,
     },
+    title="Echo",
+    read_only=True,
+    idempotent=True,
 )
 async def echo(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """Return ``arguments["text"]``."""

@@ -1,5 +1,7 @@
 """The official MCP client (``mcp`` SDK) against ``/mcp`` on a real uvicorn on 127.0.0.1."""
 
+import json
+
 import anyio
 import httpx2
 import pytest
@@ -152,3 +154,26 @@ async def test_api_key_applies_to_mcp():
             with anyio.fail_after(10):
                 async with client(url) as c:
                     await c.list_tools()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_titles_hints_and_structured_results(base_url, mode):
+    """The SDK client validates structuredContent against the listed outputSchema itself."""
+    async with client(base_url, mode) as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+        program = await c.call_tool(
+            "run_python", {"code": "print(6 * 7)"}, meta={"timely/clock": "virtual"}
+        )
+        failed = await c.call_tool("run_python", {"code": ""}, meta={"timely/clock": "virtual"})
+        echoed = await c.call_tool("echo", {"text": "hi"}, meta={"timely/clock": "virtual"})
+    echo, run = tools["echo"], tools["run_python"]
+    assert echo.title == "Echo" and echo.output_schema is None
+    assert echo.annotations.read_only_hint and not echo.annotations.destructive_hint
+    assert echo.annotations.open_world_hint is False
+    assert run.annotations.destructive_hint and not run.annotations.read_only_hint
+    assert run.output_schema["type"] == "object" and "stdout" in run.output_schema["properties"]
+    assert tools["describe_data"].output_schema["required"][0] == "task"
+    assert not program.is_error and program.structured_content["stdout"] == "42\n"
+    assert program.structured_content == json.loads(program.content[0].text)
+    assert failed.is_error and failed.structured_content is None  # errors stay text
+    assert echoed.structured_content is None and echoed.content[0].text == "hi"

@@ -72,7 +72,15 @@ def _move_tool(verb: str, description: str, **properties: str) -> ToolDef:
             return game.observe(game.over_message())
         return game.observe(await _run(game, partial(game.act, verb, dict(arguments))))
 
-    return tool(verb, description=description, parameters=_schema(**properties))(handler)
+    # Every move is a turn of the game and may end it (in a Jericho game even a `look` lets
+    # the lamp burn down, and a step into the dark is fatal), so none is read-only and all keep
+    # MCP's default destructive hint.
+    return tool(
+        verb,
+        description=description,
+        parameters=_schema(**properties),
+        title=f"Game move: {verb}",
+    )(handler)
 
 
 # -- one tool per move -------------------------------------------------------------------------
@@ -115,6 +123,7 @@ inventory = _move_tool("inventory", "List what you are carrying.")
     description="Play one text command in the game, e.g. 'go north', 'take lamp', "
     "'open mailbox', 'put key in box', and get the game's response.",
     parameters=_schema(action="The command, in plain words."),
+    title="Game command",
 )
 async def step(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """Play ``arguments["action"]`` as a typed command."""
@@ -128,6 +137,9 @@ async def step(arguments: dict[str, Any], ctx: ToolContext) -> str:
     "get_available_actions",
     description="List commands that make sense right now.",
     parameters=_schema(),
+    title="Available game commands",
+    read_only=True,  # engines list them from a saved and restored state
+    idempotent=True,
 )
 async def get_available_actions(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """The engine's list of sensible commands."""
@@ -140,14 +152,28 @@ async def get_available_actions(arguments: dict[str, Any], ctx: ToolContext) -> 
     return game.observe("Available actions:\n" + "\n".join(f"- {a}" for a in actions))
 
 
-@tool("get_score", description="Your score so far.", parameters=_schema())
+@tool(
+    "get_score",
+    description="Your score so far.",
+    parameters=_schema(),
+    title="Game score",
+    read_only=True,
+    idempotent=True,
+)
 async def get_score(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """The current score."""
     game = _game(ctx)
     return game.observe(f"Score: {game.score} of {game.max_score} points.")
 
 
-@tool("get_max_score", description="The most points this game gives.", parameters=_schema())
+@tool(
+    "get_max_score",
+    description="The most points this game gives.",
+    parameters=_schema(),
+    title="Maximum game score",
+    read_only=True,
+    idempotent=True,
+)
 async def get_max_score(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """The maximum score."""
     game = _game(ctx)
@@ -158,6 +184,9 @@ async def get_max_score(arguments: dict[str, Any], ctx: ToolContext) -> str:
     "end_game",
     description="Give up: end the game now, keeping the points you have.",
     parameters=_schema(),
+    title="End the game",
+    destructive=True,
+    idempotent=True,  # a second call finds the game over and changes nothing
 )
 async def end_game(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """End the game; the score stays."""
@@ -194,6 +223,8 @@ def _int(**extra: Any) -> dict[str, Any]:
         "additionalProperties": False,
     },
     latency="constant:0",
+    title="Start a game",
+    destructive=True,  # replaces the session's game
 )
 async def game_new(arguments: dict[str, Any], ctx: ToolContext) -> str:
     """Start the game ``arguments`` describe and return its opening observation."""

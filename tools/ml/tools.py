@@ -42,6 +42,13 @@ from tools.ml.data import (
     metric,
     parse_submission,
 )
+from tools.ml.schemas import (
+    DESCRIBE_OUTPUT,
+    EVALUATE_OUTPUT,
+    SETUP_OUTPUT,
+    SUBMIT_OUTPUT,
+    TRAIN_OUTPUT,
+)
 from tools.sandbox.core import SandboxLimits, Workspace
 from tools.sandbox.tool import LIMITS_KEY, session_workspace
 
@@ -248,6 +255,9 @@ _SETUP_SCHEMA: dict[str, Any] = {
     description="Internal: load an episode's public data into its session (called by the "
     "task's setup, never offered to the model).",
     parameters=_SETUP_SCHEMA,
+    title="Load the episode's data",
+    destructive=False,  # refuses a second upload: it only adds the session's dataset
+    output_schema=SETUP_OUTPUT,
 )
 async def ml_setup(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Write the public files into the session workspace and parse train/test."""
@@ -322,6 +332,10 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     description="Describe this episode's dataset: task type, metric, row counts, feature "
     "statistics, the target's distribution and the estimators train_model accepts.",
     parameters={"type": "object", "properties": {}, "additionalProperties": False},
+    title="Describe the data",
+    read_only=True,
+    idempotent=True,
+    output_schema=DESCRIBE_OUTPUT,
 )
 async def describe_data(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """A compact summary of the loaded data (no test labels exist on the server)."""
@@ -392,6 +406,9 @@ _ESTIMATOR_NAMES = sorted(recipe.ESTIMATORS)
         "required": ["estimator"],
         "additionalProperties": False,
     },
+    title="Train a model",
+    destructive=False,  # each fit is kept under a new model id
+    output_schema=TRAIN_OUTPUT,
 )
 async def train_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Fit, score on the validation rows, and keep the model for evaluate/submit."""
@@ -455,6 +472,10 @@ _MODEL_ID = {
     description="All validation and training metrics of a trained model (for classification "
     "also the validation confusion counts), to compare models and spot overfitting.",
     parameters=_MODEL_ID,
+    title="Evaluate a model",
+    read_only=True,
+    idempotent=True,
+    output_schema=EVALUATE_OUTPUT,
 )
 async def evaluate_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Every metric of the task's kind on the validation and the fit rows."""
@@ -483,6 +504,9 @@ async def evaluate_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[st
     "test rows and record that as a submission (the test score is not shown). The last "
     "submission counts unless your final answer names another one, e.g. 'sub-1'.",
     parameters=_MODEL_ID,
+    title="Submit a model's predictions",
+    destructive=False,  # earlier submissions stay and can still be named in the answer
+    output_schema=SUBMIT_OUTPUT,
 )
 async def submit_model(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Refit on train + validation rows, predict test, answer with a receipt."""

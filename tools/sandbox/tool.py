@@ -20,6 +20,33 @@ LIMITS_KEY = "sandbox_limits"
 DEFAULT_LIMITS = SandboxLimits()
 MAX_CODE_CHARS = 100_000
 
+# What run_python answers (MCP outputSchema). Open to more fields: workspace observers add their
+# own (the ML tasks' `submission`, tools/ml/schemas.py).
+RUN_OUTPUT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "exit_code": {
+            "type": ["integer", "null"],
+            "description": "The program's status; null when a signal ended it.",
+        },
+        "killed": {
+            "enum": ["timeout", "deadline", "cpu_limit", None],
+            "description": "Why the sandbox stopped it early; null when it ended by itself.",
+        },
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "signal": {"type": "string", "description": "The signal that ended it, e.g. SIGKILL."},
+        "truncated": {
+            "type": "array",
+            "items": {"enum": ["stdout", "stderr"]},
+            "description": "Streams cut at the output limit.",
+        },
+        "duration_s": {"type": "number", "description": "Wall seconds (wall clocks only)."},
+        "cpu_s": {"type": "number", "description": "CPU seconds (wall clocks only)."},
+    },
+    "required": ["exit_code", "killed", "stdout", "stderr"],
+}
+
 
 def session_workspace(ctx: ToolContext) -> Workspace | None:
     """The session's workspace, created on first use; None for calls without a session."""
@@ -59,6 +86,9 @@ def session_workspace(ctx: ToolContext) -> Workspace | None:
         "required": ["code"],
         "additionalProperties": False,
     },
+    title="Run Python",
+    destructive=True,  # the program may overwrite or delete the workspace's files
+    output_schema=RUN_OUTPUT,
 )
 async def run_python(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Run ``arguments["code"]`` in the session's workspace (a throwaway one without a session)."""
