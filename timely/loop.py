@@ -359,11 +359,14 @@ class _Episode:
             self.clock.charge(self.clock.now() - before, "generation")
             late = self.clock.now() > self.stop_at
         else:
+            # A backend that waited on the clock (a rate limit, a 429's Retry-After) has moved
+            # it already: the generation it charges starts after that wait.
+            start = self.clock.now()
             cost = self.speed.generation_seconds(
                 completion.prompt_tokens, completion.completion_tokens
             )
-            late = before + cost > self.stop_at  # the call would have been cut at the deadline
-            self.clock.charge(max(0.0, self.stop_at - before) if late else cost, "generation")
+            late = start + cost > self.stop_at  # the call would have been cut at the deadline
+            self.clock.charge(max(0.0, self.stop_at - start) if late else cost, "generation")
         if late:
             return completion.model_copy(update={"finish_reason": "deadline"})
         return completion

@@ -11,6 +11,10 @@ The behaviour is chosen by the requested model name, so one server covers every 
 * ``slow``: waits ``STUB_SLOW_S`` seconds, then answers.
 * ``error``: HTTP 500 with an OpenAI-style error body.
 * ``no-usage``: a plain answer and no ``usage`` object (some proxies omit it).
+* ``answer``: a plain final answer ("Answer: 42"), with usage.
+* ``throttled``: HTTP 429 with ``app.state.retry_after`` as headers (default ``Retry-After: 1``)
+  for the first ``app.state.throttle_429s`` requests (default 1), then like ``answer``.
+* ``no-quota``: HTTP 429 ``insufficient_quota`` (an account out of credit), always.
 
 Every request body is recorded in ``app.state.requests``.
 """
@@ -35,6 +39,8 @@ def create_stub_app() -> FastAPI:
     """The stub server (see module docstring)."""
     app = FastAPI()
     app.state.requests = []
+    app.state.throttle_429s = 1
+    app.state.retry_after = {"Retry-After": "1"}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -47,7 +53,23 @@ def create_stub_app() -> FastAPI:
             return JSONResponse(
                 {"error": {"type": "server_error", "message": "the stub exploded"}}, 500
             )
-        if model == "slow":
+        if model == "throttled" and app.state.throttle_429s > 0:
+            app.state.throttle_429s -= 1
+            return JSONResponse(
+                {"error": {"type": "requests", "code": "rate_limit_exceeded",
+                           "message": "Rate limit reached for requests"}},
+                429,
+                headers=app.state.retry_after,
+            )  # fmt: skip
+        if model == "no-quota":
+            return JSONResponse(
+                {"error": {"type": "insufficient_quota", "code": "insufficient_quota",
+                           "message": "You exceeded your current quota."}},
+                429,
+            )  # fmt: skip
+        if model in ("answer", "throttled"):
+            message["content"] = "Answer: 42"
+        elif model == "slow":
             await asyncio.sleep(STUB_SLOW_S)
             message["content"] = "Answer: slow"
         elif model == "tool-then-answer":

@@ -11,6 +11,10 @@ Tools travel natively (``tools=`` and ``tool_calls``) by default. Servers withou
 return calls as text; those are parsed with :mod:`timely.parsing`. ``tool_format=
 "hermes-in-system"`` renders tools into the prompt exactly like the local policy does, for
 serving a model trained on that format through a template that ignores ``tools=``.
+
+Hosted APIs meter requests and tokens: ``requests_per_minute`` / ``tokens_per_minute`` pace the
+client, and a 429 is waited out as its ``Retry-After`` asks; both waits are charged to the
+episode's budget (:mod:`timely.policies.rate_limits`), so throttling is never free.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.parsing import decode_arguments, parse_tool_calls
 from timely.policies.base import VIRTUAL_MIN_TIMEOUT_S, Deadline, check_options, register_backend
+from timely.policies.rate_limits import RateLimits
 from timely.prompting import (
     as_message,
     assistant_text,
@@ -55,6 +60,10 @@ class OpenAIPolicy:
         token_limit_param: which request field carries the cap. ``max_tokens`` is understood by
             every compatible server; OpenAI's reasoning models need ``max_completion_tokens``.
         extra_body: extra JSON fields for the server (e.g. vLLM's ``top_k``).
+        requests_per_minute: client-side limit on requests per minute (all episodes sharing
+            this policy together); None = unlimited.
+        tokens_per_minute: client-side limit on tokens per minute, counting each request's
+            estimated prompt plus its token cap (needs ``max_tokens``); None = unlimited.
         name: the policy name in run records.
         http_client: an ``httpx2.AsyncClient`` to use (tests pass an ASGI transport); by
             default one is created per event loop.
@@ -73,6 +82,8 @@ class OpenAIPolicy:
         tool_format: HttpToolFormat = "native",
         token_limit_param: TokenLimitParam = "max_tokens",
         extra_body: dict[str, Any] | None = None,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         name: str | None = None,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
@@ -85,6 +96,12 @@ class OpenAIPolicy:
                 "token_limit_param must be 'max_tokens' or 'max_completion_tokens', "
                 f"not {token_limit_param!r}"
             )
+        if tokens_per_minute is not None and max_tokens is None:
+            raise ConfigError(
+                "tokens_per_minute counts each request's prompt plus its token cap, so it needs "
+                "max_tokens too (e.g. max_tokens=512)"
+            )
+        self.rate_limits = RateLimits(requests_per_minute, tokens_per_minute)
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
@@ -133,23 +150,13 @@ class OpenAIPolicy:
         if (limit is not None and limit <= 0) or deadline.remaining() <= 0:
             return Completion(finish_reason="deadline")
         request = self._request(messages, tools, limit)
-        try:
-            response = await self._openai().chat.completions.create(
-                **request, timeout=deadline.timeout_s()
-            )
-        except openai.APITimeoutError:
+        tokens = 0
+        if self.rate_limits.tokens_per_minute is not None:
+            tokens = estimate_prompt_tokens(request["messages"], request.get("tools") or ())
+            tokens += limit or 0
+        response = await self._create(request, tokens, deadline)
+        if response is None:  # the deadline came first (while waiting, or the call timed out)
             return Completion(finish_reason="deadline", gen_seconds=wall_seconds() - started)
-        except openai.APIConnectionError as e:
-            raise PolicyError(
-                f"cannot reach the model server at {self.base_url} ({e}). Start it (e.g. "
-                "`vllm serve MODEL`) or fix the policy's base_url option"
-            ) from e
-        except openai.APIStatusError as e:
-            raise PolicyError(
-                f"model server at {self.base_url} answered HTTP {e.status_code} for model "
-                f"{self.model!r}: {_error_message(e)}. Check the model name (GET "
-                f"{self.base_url}/models) and the request options"
-            ) from e
         gen_seconds = wall_seconds() - started
         capped_by_budget = deadline.max_new_tokens is not None and limit == deadline.max_new_tokens
         completion = _completion(response, len(messages), gen_seconds, capped_by_budget)
@@ -158,6 +165,41 @@ class OpenAIPolicy:
             prompt = estimate_prompt_tokens(request["messages"], request.get("tools") or ())
             completion = completion.model_copy(update={"prompt_tokens": prompt})
         return completion
+
+    async def _create(self, request: dict[str, Any], tokens: int, deadline: Deadline) -> Any:
+        """Send ``request`` within the rate limits; a 429 is waited out and retried while the
+        budget lasts. None when the deadline came first.
+
+        Raises:
+            PolicyError: the server cannot be reached, is out of quota, or refused the request.
+        """
+        throttled = 0
+        while True:
+            if not await self.rate_limits.acquire(tokens, deadline):
+                return None
+            try:
+                return await self._openai().chat.completions.create(
+                    **request, timeout=deadline.timeout_s()
+                )
+            except openai.RateLimitError as e:
+                if not await self.rate_limits.wait_after_429(
+                    e.response.headers, e.body, throttled, deadline
+                ):
+                    return None
+                throttled += 1
+            except openai.APITimeoutError:
+                return None
+            except openai.APIConnectionError as e:
+                raise PolicyError(
+                    f"cannot reach the model server at {self.base_url} ({e}). Start it (e.g. "
+                    "`vllm serve MODEL`) or fix the policy's base_url option"
+                ) from e
+            except openai.APIStatusError as e:
+                raise PolicyError(
+                    f"model server at {self.base_url} answered HTTP {e.status_code} for model "
+                    f"{self.model!r}: {_error_message(e)}. Check the model name (GET "
+                    f"{self.base_url}/models) and the request options"
+                ) from e
 
     def _request(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]], limit: int | None
@@ -259,6 +301,8 @@ _OPENAI_OPTIONS = (
     "tool_format",
     "token_limit_param",
     "extra_body",
+    "requests_per_minute",
+    "tokens_per_minute",
     "name",
 )
 
@@ -270,7 +314,8 @@ def openai_backend(spec: str = "", **options: Any) -> OpenAIPolicy:
     Args:
         spec: the served model name.
         **options: ``base_url`` (required), ``api_key``, ``temperature``, ``max_tokens``,
-            ``top_p``, ``seed``, ``tool_format``, ``token_limit_param``, ``extra_body``, ``name``.
+            ``top_p``, ``seed``, ``tool_format``, ``token_limit_param``, ``extra_body``,
+            ``requests_per_minute``, ``tokens_per_minute``, ``name``.
 
     Raises:
         ConfigError: no model, no base_url, or an unknown option.
