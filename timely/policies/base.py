@@ -77,6 +77,25 @@ def register_backend(prefix: str, help: str = ""):
     return POLICY_BACKENDS.register(prefix, help=help)
 
 
+PolicyCheck = Callable[..., object]
+# Prefix -> a cheap validation of (name, **options) that loads nothing (see check_policy).
+_CHECKS: dict[str, PolicyCheck] = {}
+
+
+def register_check(prefix: str) -> Callable[[PolicyCheck], PolicyCheck]:
+    """Decorator: the fast check of backend ``prefix``'s specs, ``check(name, **options)``.
+
+    It raises what building the policy would (unknown option, missing model) without loading
+    anything, so ``timely eval`` can refuse a mistyped policy before any episode runs.
+    """
+
+    def deco(check: PolicyCheck) -> PolicyCheck:
+        _CHECKS[prefix] = check
+        return check
+
+    return deco
+
+
 # Built-in backends live in modules imported only when asked for (hf pulls in torch).
 _BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
     "scripted": (
@@ -130,9 +149,47 @@ def make_policy(spec: str, **options: Any) -> Policy:
         spec: ``PREFIX:NAME``; the prefix picks the backend.
         **options: backend options (temperature, max_new_tokens, base_url, ...).
     """
+    prefix, name = _backend(spec)
+    return POLICY_BACKENDS.get(prefix)(name, **options)
+
+
+def check_policy(spec: str, **options: Any) -> None:
+    """Fail now, with a did-you-mean, when ``spec`` and ``options`` cannot make a policy.
+
+    Checks the spec's shape, the backend, and what the backend's registered check covers (its
+    options; for ``hf:`` that the model is embedded, a local directory or on the hub, looked up
+    once). Nothing is loaded.
+
+    Raises:
+        ConfigError: a malformed spec, an unknown backend or option.
+        PolicyError: the model does not exist or cannot be reached.
+    """
+    prefix, name = _backend(spec)
+    check = _CHECKS.get(prefix)
+    if check is not None:
+        check(name, **options)
+
+
+def _backend(spec: str) -> tuple[str, str]:
+    """(prefix, name) of a spec, with the backend's module imported.
+
+    Raises:
+        ConfigError: the spec has no prefix, or names no backend (did-you-mean).
+    """
     prefix, sep, name = spec.partition(":")
-    if not sep:
-        raise ValueError(f"policy spec {spec!r} must look like PREFIX:NAME, e.g. scripted:oracle")
+    if not sep or not prefix:
+        raise ConfigError(
+            f"policy spec {spec!r} must look like PREFIX:NAME, e.g. scripted:oracle or "
+            "hf:smollm2-135m (`timely policies` lists the backends)"
+        )
     if prefix in _BUILTIN_BACKENDS and prefix not in POLICY_BACKENDS:
         importlib.import_module(_BUILTIN_BACKENDS[prefix][0])
-    return POLICY_BACKENDS.get(prefix)(name, **options)
+    if prefix not in POLICY_BACKENDS:
+        known = list(backend_help())  # the built-ins too, whether imported yet or not
+        close = difflib.get_close_matches(prefix, known, n=1)
+        hint = f" Did you mean {close[0]}:{name}?" if close else ""
+        raise ConfigError(
+            f"unknown policy backend {prefix!r} in {spec!r}.{hint} Known backends: "
+            f"{', '.join(known)} (`timely policies` describes them)"
+        )
+    return prefix, name

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from timely.clock import wall_seconds
-from timely.errors import ConfigError
+from timely.errors import ConfigError, PolicyError
 from timely.parsing import parse_tool_calls
-from timely.policies.base import Deadline, check_options, register_backend
+from timely.policies.base import Deadline, check_options, register_backend, register_check
 from timely.policies.batching import MicroBatcher
 from timely.policies.hf_generate import GeneratedRow, generate_rows
-from timely.policies.hf_models import EMBEDDED_MODEL, load_model
+from timely.policies.hf_models import EMBEDDED_MODEL, load_model, resolve_model
 from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format
 from timely.rng import derive_seed
 from timely.types import Completion, Message
@@ -338,6 +338,25 @@ def hf_backend(spec: str = EMBEDDED_MODEL, **options: Any) -> HFPolicy:
     model, tokenizer = load_model(spec, cache_dir=cache_dir, adapter=adapter)
     options.setdefault("name", f"hf:{spec}" + (f"+{_adapter_tag(adapter)}" if adapter else ""))
     return HFPolicy(model, tokenizer, **options)
+
+
+@register_check("hf")
+def check_hf(spec: str = EMBEDDED_MODEL, **options: Any) -> None:
+    """What :func:`hf_backend` would refuse, found without loading: options, model, adapter.
+
+    Raises:
+        ConfigError: an unknown option.
+        PolicyError: the model cannot be found (one hub lookup at most) or the adapter
+            directory is not a peft adapter.
+    """
+    check_options(f"hf:{spec}", options, _HF_OPTIONS)
+    resolve_model(spec or EMBEDDED_MODEL)
+    adapter = options.get("adapter")
+    if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise PolicyError(
+            f"adapter {adapter} is not a peft adapter directory (no adapter_config.json); pass "
+            "the `adapter` directory a timely-rl stage wrote"
+        )
 
 
 def _adapter_tag(adapter: str | Path) -> str:

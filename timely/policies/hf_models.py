@@ -10,16 +10,24 @@ to get a model ``save_pretrained`` accepts.
 
 Loaded models are kept in an in-process cache, so several policies (or a policy and a trainer) in
 one process share one copy of the weights.
+
+A name that is neither embedded nor a local directory is a hub id: it is looked up on the hub
+once per process, with a short timeout (:func:`resolve_model`), before transformers is asked
+for it. Offline, transformers would otherwise retry every file of the repository for minutes,
+and an eval would do so for every episode; the lookup fails in seconds and says what to pass
+instead. A model already in the local HF cache loads from there when the hub cannot be reached.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -38,10 +46,16 @@ _ADAPTER_ROOT = Path(__file__).resolve().parent.parent / "adapters"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SOURCE_FILE = "timely-source.json"  # what the cached copy was built from
 
+# Seconds the one hub lookup of an `hf:` name may take (a connection that hangs, not just fails).
+HUB_TIMEOUT_S = 10.0
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
 log = logging.getLogger(__name__)
 
 _loaded: dict[str, tuple[Any, Any]] = {}
 _load_lock = threading.Lock()
+_lookups: dict[str, str | PolicyError] = {}  # hub id -> resolve_model's answer or error
+_lookup_lock = threading.Lock()
 
 
 def cache_root() -> Path:
@@ -97,6 +111,7 @@ def load_model(
         name_or_path, shipped = SHIPPED_ADAPTERS[name_or_path]
         adapter = shipped_adapter_path(shipped)
     key = name_or_path if name_or_path == EMBEDDED_MODEL else str(Path(name_or_path).expanduser())
+    local_only = False if name_or_path == EMBEDDED_MODEL else resolve_model(name_or_path) == "cache"
     with _load_lock:
         if key not in _loaded:
             _limit_torch_threads()
@@ -105,7 +120,7 @@ def load_model(
                     default = cache_root() / "models" / EMBEDDED_MODEL
                     model, tokenizer = _load_embedded(Path(cache_dir) if cache_dir else default)
                 else:
-                    model, tokenizer = _load_hf(key)
+                    model, tokenizer = _load_hf(key, local_files_only=local_only)
             model.eval()
             _loaded[key] = (model, tokenizer)
         if adapter is None:
@@ -194,12 +209,102 @@ def _load_embedded(target: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_hf(path: str) -> tuple[Any, Any]:
+def resolve_model(name_or_path: str) -> str:
+    """Where an ``hf:`` name's model comes from, checked without loading it.
+
+    Args:
+        name_or_path: an embedded name, a model directory, or a hub id (``org/name``).
+
+    Returns:
+        ``"embedded"``, ``"directory"``, ``"hub"`` (the hub has it) or ``"cache"`` (the hub
+        could not be reached, but the local HF cache holds it).
+
+    Raises:
+        PolicyError: no such directory, no such model on the hub, or the hub cannot be reached
+            and the cache does not hold it; the message says what to pass instead.
+    """
+    if name_or_path == EMBEDDED_MODEL or name_or_path in SHIPPED_ADAPTERS:
+        return "embedded"
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return "directory"
+    if path.exists():
+        raise PolicyError(
+            f"hf:{name_or_path} is a file; pass the directory that holds config.json, the "
+            "weights and the tokenizer (a .gguf file plays with llamacpp:PATH)"
+        )
+    if not _HUB_ID.fullmatch(name_or_path) or name_or_path.startswith((".", "~")):
+        raise PolicyError(
+            f"hf:{name_or_path}: no such model directory. {_embedded_hint(name_or_path)}"
+        )
+    return _hub_lookup(name_or_path)
+
+
+def _embedded_hint(name: str) -> str:
+    embedded = [EMBEDDED_MODEL, *SHIPPED_ADAPTERS]
+    close = difflib.get_close_matches(name, embedded, n=1)
+    hint = f"Did you mean hf:{close[0]}? " if close else ""
+    return (
+        f"{hint}Embedded models: {', '.join('hf:' + n for n in embedded)} (`timely policies` "
+        "lists them); or pass a model directory, hf:/path/to/model"
+    )
+
+
+def _hub_lookup(repo_id: str) -> str:
+    """One lookup of ``repo_id`` on the hub per process, its failure included: an eval asks for
+    every episode, and must not ask an unreachable hub again each time."""
+    with _lookup_lock:
+        if repo_id not in _lookups:
+            try:
+                _lookups[repo_id] = _ask_hub(repo_id)
+            except PolicyError as e:
+                _lookups[repo_id] = e
+        found = _lookups[repo_id]
+    if isinstance(found, PolicyError):
+        raise PolicyError(str(found))
+    return found
+
+
+def _ask_hub(repo_id: str) -> str:
+    import httpx2
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return "cache"
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+            return "hub"
+        except RepositoryNotFoundError:
+            raise PolicyError(
+                f"hf:{repo_id} is not an embedded model, not a local directory, and the model "
+                f"hub has no model of that name (or it is private: log in with `hf auth "
+                f"login`). {_embedded_hint(repo_id)}"
+            ) from None
+        except (HfHubHTTPError, httpx2.HTTPError, OSError) as e:
+            if cached:
+                log.warning("the hub is unreachable (%s); loading %s from the cache", e, repo_id)
+                return "cache"
+            reason = f"{type(e).__name__}: {e}"
+    raise PolicyError(
+        f"hf:{repo_id} is not an embedded model and not a local directory, and the model hub "
+        f"could not be reached to look it up ({reason}). {_embedded_hint(repo_id)}; or "
+        "download the model where the hub is reachable and pass its directory"
+    )
+
+
+def _load_hf(path: str, *, local_files_only: bool = False) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype="auto", local_files_only=local_files_only
+        )
     except (OSError, ValueError) as e:
         raise PolicyError(
             f"could not load a transformers model from {path!r}: {e}. Pass 'smollm2-135m' for "

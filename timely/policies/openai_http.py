@@ -30,7 +30,13 @@ import openai
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.parsing import decode_arguments, parse_tool_calls
-from timely.policies.base import VIRTUAL_MIN_TIMEOUT_S, Deadline, check_options, register_backend
+from timely.policies.base import (
+    VIRTUAL_MIN_TIMEOUT_S,
+    Deadline,
+    check_options,
+    register_backend,
+    register_check,
+)
 from timely.policies.rate_limits import RateLimits
 from timely.prompting import (
     as_message,
@@ -307,6 +313,7 @@ _OPENAI_OPTIONS = (
 )
 
 
+@register_check("openai")  # building one is the check: the HTTP client opens on first use
 @register_backend("openai", help="OpenAI-compatible server: openai:MODEL with base_url=...")
 def openai_backend(spec: str = "", **options: Any) -> OpenAIPolicy:
     """Build an :class:`OpenAIPolicy` from a spec (the model, after ``openai:``) and options.

@@ -11,6 +11,7 @@ generation time.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
-from timely.policies.base import Deadline, register_backend
+from timely.policies.base import Deadline, register_backend, register_check
 from timely.prompting import CHARS_PER_TOKEN
 from timely.rng import make_rng
 from timely.types import Completion, Message, ToolCall
@@ -97,7 +98,11 @@ class ScriptedPolicy:
         task: Task | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ConfigError(f"unknown scripted policy {mode!r}; use one of {', '.join(MODES)}")
+            close = difflib.get_close_matches(mode, MODES, n=1)
+            hint = f" Did you mean scripted:{close[0]}?" if close else ""
+            raise ConfigError(
+                f"unknown scripted policy {mode!r}.{hint} Use one of {', '.join(MODES)}"
+            )
         if safety <= 0 or think_tokens < 0 or first_step_s < 0:
             raise ConfigError("safety must be > 0; think_tokens and first_step_s must be >= 0")
         if not 0.0 <= slip < 1.0:
@@ -185,6 +190,7 @@ class ScriptedPolicy:
         )
 
 
+@register_check("scripted")  # building one is the check: it loads nothing
 @register_backend(
     "scripted",
     help="Deterministic baselines replaying the task's solution: "
