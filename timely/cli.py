@@ -8,6 +8,7 @@ library itself imports neither.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,30 @@ Overrides = Annotated[
 def _flag_overrides(**flags: object) -> list[str]:
     """Turn the flags a user actually gave into ``key=value`` overrides."""
     return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+TaskOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--task-option",
+        "-T",
+        help="Task option KEY=VALUE (repeatable), e.g. -T path=data/items.jsonl or "
+        "-T difficulty=3.",
+    ),
+]
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` flags as a dict, values read as YAML scalars (3, true, a string)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{flag} {item!r} must look like KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
 
 
 @app.command()
@@ -84,6 +109,7 @@ def run(
     live: Annotated[
         bool, typer.Option("--live", help="Print each step as it happens (from step events).")
     ] = False,
+    task_option: TaskOptions = None,
 ) -> None:
     """Play episodes of a task with a policy, print a trace, write trajectories.jsonl."""
     from timely.config import RunConfig, load_config
@@ -106,6 +132,8 @@ def run(
         },
         tool_server=tool_server,
     )
+    for key, value in _key_values(task_option, "-T").items():  # difficulty is a field of its own
+        flags.append(f"{'' if key == 'difficulty' else 'task_options.'}{key}={json.dumps(value)}")
     cfg = load_config(RunConfig, config, [*flags, *(overrides or [])])
     console.print(
         f"[bold]timely run[/] {cfg.task} · {cfg.policy} · budget "
@@ -426,7 +454,19 @@ def eval_cmd(
     ] = None,
     tasks: Annotated[
         list[str] | None,
-        typer.Option("--tasks", help="Only these tasks: ids, families or globs (repeatable, a,b)."),
+        typer.Option(
+            "--tasks",
+            help="Only these tasks: ids, families or globs (repeatable, a,b); any registered "
+            "task, in the suite or not.",
+        ),
+    ] = None,
+    task_option: TaskOptions = None,
+    limit: Annotated[
+        int | None, typer.Option(help="At most N seeds per cell, for a quick look.")
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Play each instance K times (mean, and pass@k for binary tasks)."),
     ] = None,
     out: Annotated[
         str | None, typer.Option(help="Run directory (default runs/eval-SUITE).")
@@ -469,6 +509,8 @@ def eval_cmd(
         clock=clock,
         episodes=episodes,
         tool_server=tool_server,
+        limit=limit,
+        epochs=epochs,
     )
     report = eval_command(
         console,
@@ -477,6 +519,7 @@ def eval_cmd(
         tasks=tasks,
         policies=policy,
         policy_options=options,
+        task_options=_key_values(task_option, "-T"),
         out=out,
         resume=not no_resume,
         plots=not no_plots,

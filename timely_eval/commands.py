@@ -31,7 +31,7 @@ from timely_eval.leaderboard import (
     write_leaderboard,
 )
 from timely_eval.runner import RunReport, run_suite
-from timely_eval.suite import load_suite, select
+from timely_eval.suite import check_policies, load_suite, select
 
 
 class RichProgress:
@@ -84,7 +84,7 @@ class RichProgress:
 
 
 # Columns a narrow terminal keeps (the rest are in summary.md and the leaderboard).
-_NARROW_COLUMNS = ("Policy", "Score [95% CI]", "On time", "Mean s", "n")
+_NARROW_COLUMNS = ("Policy", "Score [95% CI]", "Pass@k", "On time", "Mean s", "n")
 
 
 def summary_tables(run_dir: Path | Run, width: int = 200) -> list[Table]:
@@ -123,6 +123,7 @@ def eval_command(
     tasks: list[str] | None = None,
     policies: list[str] | None = None,
     policy_options: dict[str, Any] | None = None,
+    task_options: dict[str, Any] | None = None,
     out: str | None = None,
     resume: bool = True,
     plots: bool = True,
@@ -136,6 +137,7 @@ def eval_command(
         tasks: ``--tasks`` filters.
         policies: ``--policy`` names (see :func:`timely_eval.suite.select`).
         policy_options: options for policies added on the command line.
+        task_options: ``-T`` options of every selected task.
         out: run directory (default ``runs/eval-SUITE``).
         resume: keep and skip what ``out`` already holds.
         plots: also draw the leaderboard plots into ``out/plots``.
@@ -145,13 +147,17 @@ def eval_command(
         tasks=_split(tasks),
         policies=policies or None,
         policy_options=policy_options,
+        task_options=task_options,
     )
+    check_policies(loaded)  # before any output: a typo is the only thing printed
     run_dir = Path(out or f"runs/eval-{loaded.name}")
     labels = ", ".join(p.name for p in loaded.policies)
     console.print(
         f"[bold]timely eval[/] {loaded.name}: {len(loaded.tasks)} task(s) × "
         f"{len(loaded.policies)} policies ({labels}) × {len(loaded.latencies)} latencies · "
-        f"{loaded.clock} clock · {loaded.backend} backend → {run_dir}"
+        + (f"{loaded.limit} seed(s) per cell at most · " if loaded.limit else "")
+        + (f"{loaded.epochs} epochs · " if loaded.epochs > 1 else "")
+        + f"{loaded.clock} clock · {loaded.backend} backend → {run_dir}"
     )
     if any(p.spec.startswith("hf:") for p in loaded.policies):
         console.print("loading the local model (the first load takes ~15 s)…")

@@ -140,6 +140,7 @@ class Runtime:
             self.budget(item),
             options=options,
             session_id=item.key,
+            sample=item.sample,
             config_hash=self.fingerprint,
             latency=item.latency,
         )

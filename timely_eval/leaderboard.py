@@ -205,6 +205,9 @@ def overview_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]
         "n",
     ]
     rows = []
+    passes = _with_pass_at_k(family["overview"])
+    if passes:
+        header.insert(2, "Pass@k")
     for r in family["overview"]:
         by_lat = [f"{r['by_latency'][s]:.2f}" if s in r["by_latency"] else "-" for s in lats]
         rows.append(
@@ -221,7 +224,20 @@ def overview_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]
                 str(r["n"]),
             ]
         )
+        if passes:
+            rows[-1].insert(2, fmt_pass(r))
     return header, rows
+
+
+def _with_pass_at_k(rows: list[dict[str, Any]]) -> bool:
+    """Whether a table needs the pass@k column (a binary task played several epochs)."""
+    return any(r.get("pass_at_k") is not None for r in rows)
+
+
+def fmt_pass(row: dict[str, Any]) -> str:
+    """'0.67 (k=3)', or '-' where pass@k does not apply."""
+    value = row.get("pass_at_k")
+    return "-" if value is None else f"{value:.2f} (k={row['epochs']})"
 
 
 def cell_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -261,6 +277,10 @@ def cell_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ]
         for r in family["cells"]
     ]
+    if _with_pass_at_k(family["cells"]):
+        header.insert(5, "Pass@k")
+        for row, r in zip(rows, family["cells"], strict=True):
+            row.insert(5, fmt_pass(r))
     return header, rows
 
 

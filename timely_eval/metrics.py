@@ -43,6 +43,32 @@ def on_time_score(traj: Trajectory) -> float:
     return traj.score if traj.compliant else 0.0
 
 
+def pass_at_k(trajs: Sequence[Trajectory]) -> tuple[int, float | None]:
+    """pass@k over the instances of a group, for binary tasks played several times (epochs).
+
+    An instance is a task, difficulty, seed, latency and budget; its samples are the epochs.
+    With n samples of which c solved it on time, pass@k = 1 - C(n-c, k) / C(n, k) (the unbiased
+    estimator of Chen et al., 2021), averaged over instances, at k = the fewest samples any
+    instance has.
+
+    Returns:
+        (k, pass@k); pass@k is None when k is 1 or an on-time score is neither 0 nor 1.
+    """
+    by_instance: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+    for t in trajs:
+        instance = (t.task_id, t.metadata.get("difficulty"), t.seed, t.latency, FIELDS["budget"](t))
+        by_instance[instance].append(on_time_score(t))
+    k = min((len(v) for v in by_instance.values()), default=0)
+    binary = all(s in (0.0, 1.0) for v in by_instance.values() for s in v)
+    if k < 2 or not binary:
+        return k, None
+    rates = [
+        1.0 - math.comb(len(v) - int(sum(v)), k) / math.comb(len(v), k)
+        for v in by_instance.values()
+    ]
+    return k, float(np.mean(rates))
+
+
 def cell_metrics(trajs: Sequence[Trajectory]) -> dict[str, Any]:
     """Metrics of one cell (any group of episodes).
 
@@ -54,7 +80,8 @@ def cell_metrics(trajs: Sequence[Trajectory]) -> dict[str, Any]:
         raw_score, compliance, compliance_lo, compliance_hi, mean_elapsed_s, mean_elapsed_lo,
         mean_elapsed_hi, p95_elapsed_s, p95_elapsed_lo, p95_elapsed_hi (the elapsed intervals
         are None for a single episode), mean_budget_s, mean_gen_s, mean_tool_s, tool_calls,
-        turns, gen_tokens, gen_share, tool_share, reward, errors and end_reasons.
+        turns, gen_tokens, gen_share, tool_share, reward, errors, end_reasons, and epochs
+        and pass_at_k (see :func:`pass_at_k`; None unless binary and played several times).
     """
     if not trajs:
         raise ValueError("a cell needs at least one trajectory")
@@ -99,6 +126,7 @@ def cell_metrics(trajs: Sequence[Trajectory]) -> dict[str, Any]:
             t.end_reason in (EndReason.POLICY_ERROR, EndReason.TOOL_SERVER_ERROR) for t in trajs
         ),
         "end_reasons": dict(sorted(ends.items())),
+        **dict(zip(("epochs", "pass_at_k"), pass_at_k(trajs), strict=True)),
     }
 
 

@@ -33,6 +33,7 @@ class EpisodeItem(BaseModel):
     task_index: int = Field(description="Index of the task entry in suite.tasks.")
     task_id: str = Field(description="Task id.")
     seed: int = Field(description="Episode seed.")
+    sample: int = Field(0, ge=0, description="Which sample of this instance (suite.epochs).")
     latency: str = Field(description="Tool latency spec (the cell's latency label).")
     budget: str = Field(description="Budget label: '30s', 'x2', 'default' or 'calibration'.")
     budget_s: float = Field(gt=0, description="Resolved budget in seconds.")
@@ -68,8 +69,13 @@ def episode_key(
     policy: PolicyEntry,
     latency: str,
     budget: str,
+    sample: int = 0,
 ) -> str:
-    """The unique key of one episode (16 hex digits)."""
+    """The unique key of one episode (16 hex digits).
+
+    Sample 0 leaves ``sample`` out of the hash, so the keys of runs made before epochs existed
+    still match and ``--epochs`` extends such a run instead of replaying it.
+    """
     payload = {
         "fp": suite_fp,
         "phase": phase,
@@ -83,6 +89,8 @@ def episode_key(
         "latency": latency,
         "budget": budget,
     }
+    if sample:
+        payload["sample"] = sample
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -108,7 +116,8 @@ def budget_sort_key(label: str) -> tuple[int, float]:
 
 def _n_episodes(suite: Suite, task: TaskEntry, policy: PolicyEntry) -> int:
     overrides = [n for n in (task.episodes, policy.episodes) if n is not None]
-    return min(overrides) if overrides else suite.episodes
+    n = min(overrides) if overrides else suite.episodes
+    return min(n, suite.limit) if suite.limit is not None else n
 
 
 def _cells(suite: Suite) -> Iterator[tuple[PolicyEntry, int, TaskEntry, int, str]]:
@@ -227,19 +236,23 @@ def plan_eval(
                     continue
             else:
                 seconds = value
-            key = episode_key(fp, "eval", task, seed, suite.split, policy, latency, label)
-            items.append(
-                EpisodeItem(
-                    key=key,
-                    phase="eval",
-                    policy=policy.name,
-                    task_index=ti,
-                    task_id=task.id,
-                    seed=seed,
-                    latency=latency,
-                    budget=label,
-                    budget_s=seconds,
-                    slack=slack,
+            for sample in range(suite.epochs):  # every sample shares the cell's calibration
+                key = episode_key(
+                    fp, "eval", task, seed, suite.split, policy, latency, label, sample
                 )
-            )
+                items.append(
+                    EpisodeItem(
+                        key=key,
+                        phase="eval",
+                        policy=policy.name,
+                        task_index=ti,
+                        task_id=task.id,
+                        seed=seed,
+                        sample=sample,
+                        latency=latency,
+                        budget=label,
+                        budget_s=seconds,
+                        slack=slack,
+                    )
+                )
     return items, problems

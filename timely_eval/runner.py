@@ -32,7 +32,7 @@ from timely_eval.calibration import calibration_summary, relative_budgets
 from timely_eval.episodes import EpisodeLog, Runtime, append_jsonl
 from timely_eval.metrics import aggregate
 from timely_eval.plan import EpisodeItem, fingerprint, plan_calibration, plan_eval
-from timely_eval.suite import Suite, TaskEntry, check_registered
+from timely_eval.suite import Suite, TaskEntry, check_policies, check_registered
 
 TRAJECTORIES = "trajectories.jsonl"
 CALIBRATION = "calibration.jsonl"
@@ -145,10 +145,13 @@ async def run_suite(
         progress: receives phase starts and each finished episode.
 
     Raises:
-        ConfigError: a task is unregistered, or ``out`` holds a run made with different episode
-            settings (resuming would mix incomparable episodes).
+        ConfigError: a task is unregistered, a policy is mistyped (unknown backend or option),
+            or ``out`` holds a run made with different episode settings (resuming would mix
+            incomparable episodes).
+        PolicyError: a policy's model does not exist (checked before any episode runs).
     """
     check_registered(suite)
+    check_policies(suite)
     progress = progress or _Quiet()
     run_dir = Path(out)
     fp = fingerprint(suite)
@@ -156,7 +159,7 @@ async def run_suite(
     write_run_record(
         run_dir,
         suite,
-        seeds=[suite.seed + i for i in range(suite.episodes)],
+        seeds=[suite.seed + i for i in range(min(suite.episodes, suite.limit or suite.episodes))],
         extra={"kind": "timely-eval", "suite": suite.name, "fingerprint": fp},
     )
     report = RunReport(run_dir=run_dir)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from timely.budget import TIME_AWARENESS_PRESETS, Overrun, TimeAwareness
 from timely.clock import SpeedProfile, speed_profile
 from timely.config import load_config
-from timely.errors import ConfigError
+from timely.errors import ConfigError, PolicyError
 from timely.loop import EpisodeOptions
 
 # Where `--suite NAME` is looked up: ./configs/eval, then the configs/eval of the checkout the
@@ -223,6 +223,18 @@ class Suite(_Frozen):
     tasks: list[TaskEntry] = Field(description="Tasks to play (ids or entries).")
     policies: list[PolicyEntry] = Field(description="Policies: spec strings or entries.")
     episodes: int = Field(3, ge=1, description="Episodes (consecutive seeds) per cell.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many seeds per cell, for a quick look (None: all of them).",
+    )
+    epochs: int = Field(
+        1,
+        ge=1,
+        description="Samples of each instance (same task, seed, latency and budget), played as "
+        "samples 0..K-1: the mean counts them all; binary tasks also report pass@k. Useful "
+        "with sampling policies (temperature > 0).",
+    )
     seed: int = Field(0, description="First seed; a cell plays seed, seed+1, ...")
     split: Literal["train", "test"] = Field("test", description="Seed split to draw from.")
     latencies: list[str] = Field(
@@ -363,28 +375,42 @@ def select(
     tasks: list[str] | None = None,
     policies: list[str] | None = None,
     policy_options: dict[str, Any] | None = None,
+    task_options: dict[str, Any] | None = None,
 ) -> Suite:
-    """Narrow a suite for one invocation (``--tasks``, ``--policy``).
+    """Narrow a suite for one invocation (``--tasks``, ``--policy``, ``-T``).
 
     Args:
         suite: the loaded suite.
-        tasks: keep task entries matching any pattern (id, unversioned id, family, glob).
+        tasks: keep task entries matching any pattern (id, unversioned id, family, glob); a
+            pattern that matches none of the suite's tasks adds the registered tasks it
+            matches (by family or glob only those that need no options), so any registered
+            task can be played with any suite's policies and grid.
         policies: the policies to run. A name that matches suite policies (label, or spec:
             every entry with that spec) selects them with their settings; ``suite`` selects all
             of the suite's; anything else (``SPEC`` or ``SPEC@SPEED``) is added as a new policy.
             Suite policies not named are not run.
         policy_options: backend options for the policies added here (e.g. base_url).
+        task_options: options of every selected task (``-T key=value``); ``difficulty`` sets
+            the entries' difficulty. Each task is built once with them, so a bad one fails now.
 
     Raises:
-        ConfigError: a task filter matches nothing.
+        ConfigError: a task pattern matches no registered task, or a task refuses its options.
     """
     update: dict[str, Any] = {}
     if tasks:
         kept = [t for t in suite.tasks if any(matches(t.id, p) for p in tasks)]
-        if not kept:
-            have = ", ".join(t.id for t in suite.tasks)
-            raise ConfigError(f"--tasks {tasks} matches none of the suite's tasks: {have}")
+        for pattern in tasks:
+            if not any(matches(t.id, pattern) for t in suite.tasks):
+                kept += [TaskEntry(id=i) for i in _registered(pattern, suite) if i not in kept]
         update["tasks"] = kept
+    if task_options:
+        options = dict(task_options)
+        difficulty = options.pop("difficulty", None)
+        fields = {"difficulty": difficulty} if difficulty is not None else {}
+        update["tasks"] = [
+            t.model_copy(update={"options": {**t.options, **options}, **fields})
+            for t in update.get("tasks", suite.tasks)
+        ]
     if policies:
         chosen: list[PolicyEntry] = []
         for name in policies:
@@ -401,11 +427,78 @@ def select(
         update["policies"] = chosen
     if not update:
         return suite
-    return Suite.model_validate({**suite.model_dump(), **_dump(update)})
+    try:
+        selected = Suite.model_validate({**suite.model_dump(), **_dump(update)})
+    except ValueError as exc:
+        raise ConfigError(f"invalid selection: {exc}") from None
+    if task_options:
+        _check_task_options(selected, task_options)
+    return selected
 
 
 def _dump(update: dict[str, Any]) -> dict[str, Any]:
     return {k: [x.model_dump() for x in v] for k, v in update.items()}
+
+
+def _registered(pattern: str, suite: Suite) -> list[str]:
+    """The versioned registered task ids a ``--tasks`` pattern names.
+
+    An id or unversioned id names its task; a family or glob names those of its tasks that need
+    no options (a data directory, a game file), which it could not play without them.
+
+    Raises:
+        ConfigError: nothing registered matches; the message suggests close names.
+    """
+    import difflib
+    import re
+
+    from timely.task import TASKS, task_names
+
+    names = task_names()
+    versioned = [n for n in names if re.search(r"-v\d+$", n)]
+    exact = [n for n in versioned if n == pattern or n.rsplit("-v", 1)[0] == pattern]
+    if exact:
+        return exact
+    found = [
+        n
+        for n in versioned
+        if matches(n, pattern) and not getattr(TASKS.get(n), "requires_options", False)
+    ]
+    if not found:
+        close = difflib.get_close_matches(pattern, names, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"--tasks {pattern!r} matches none of suite {suite.name!r}'s tasks "
+            f"({', '.join(t.id for t in suite.tasks)}) and no registered task.{hint} "
+            "`timely tasks` lists them all."
+        )
+    return found
+
+
+def _check_task_options(suite: Suite, task_options: dict[str, Any]) -> None:
+    """Build each task once with its options, so ``-T`` typos fail before any episode."""
+    from timely.errors import TaskError
+    from timely.task import make_task
+
+    for t in suite.tasks:
+        try:
+            make_task(
+                t.id, seed=suite.seed, split=suite.split, difficulty=t.difficulty, **t.options
+            )
+        except (TaskError, ValueError, TypeError) as exc:
+            raise ConfigError(f"task {t.id} with -T {task_options}: {exc}") from None
+
+
+def check_policies(suite: Suite) -> None:
+    """Fail before anything runs when a policy cannot be built (a mistyped backend, option or
+    model; see :func:`timely.policies.base.check_policy`), naming the policy."""
+    from timely.policies.base import check_policy
+
+    for p in suite.policies:
+        try:
+            check_policy(p.spec, **p.options)
+        except (ConfigError, PolicyError) as exc:
+            raise type(exc)(f"policy {p.name}: {exc}") from None
 
 
 def check_registered(suite: Suite) -> None:

@@ -134,7 +134,7 @@ def test_select_narrows_tasks_and_policies():
     assert [t.id for t in narrowed.tasks] == ["math/chain-v1"]
     assert [p.name for p in narrowed.policies] == ["oracle", "scripted:budget-aware"]
     with pytest.raises(ConfigError, match="matches none"):
-        select(suite, tasks=["games"])
+        select(suite, tasks=["nosuch/family"])
 
 
 async def test_leaderboard_files_and_plots_are_written(tmp_path):
