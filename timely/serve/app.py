@@ -4,7 +4,8 @@ Routes (docs/serving.md has examples):
 
 * ``POST /v1/runs`` — a registered task or a conversation; the run summary, Server-Sent Events
   of the loop's step events (``stream: true``), or 202 and the id (``wait: false``).
-  ``GET /v1/runs`` (recent runs), ``GET /v1/runs/{id}`` (``?trajectory=true`` adds the full record), ``DELETE /v1/runs/{id}``.
+  ``GET /v1/runs`` (recent runs), ``GET /v1/runs/{id}`` (``?trajectory=true`` adds the full
+  record), ``DELETE /v1/runs/{id}``.
 * ``POST /v1/chat/completions`` — OpenAI-compatible; the budget is the extra body field
   ``time_budget_s`` (else header ``X-Timely-Budget-S``, else the server default); the agent runs
   its tools server-side and answers with the final message and a ``timely`` timing object.
