@@ -61,6 +61,8 @@ def test_mistyped_policies_fail_with_what_to_do(spec, options, error, message):
 
 def test_good_policies_pass_without_loading_anything(monkeypatch):
     calls = hub(monkeypatch, RuntimeError("the hub must not be asked"))
+    # An empty model cache, whatever earlier tests in this process loaded.
+    monkeypatch.setattr(hf_models, "_loaded", {})
     check_policy("scripted:oracle", safety=1.5)
     check_policy("hf:smollm2-135m", max_new_tokens=8)
     check_policy("hf:smollm2-135m-timely")
