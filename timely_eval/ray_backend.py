@@ -111,7 +111,9 @@ class RayExecutor:
             if opts.address:
                 ray.init(address=opts.address, **kwargs)
             else:
-                ray.init(num_cpus=opts.num_cpus, **kwargs)
+                # "local" starts a private instance even where another Ray cluster runs on
+                # this machine (without it, ray.init joins that one and refuses num_cpus).
+                ray.init(address="local", num_cpus=opts.num_cpus, **kwargs)
             self._started = True
         self._remote = ray.remote(num_cpus=1, max_retries=1)(play_chunk)
         return self
