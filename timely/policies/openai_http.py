@@ -12,6 +12,14 @@ return calls as text; those are parsed with :mod:`timely.parsing`. ``tool_format
 "hermes-in-system"`` renders tools into the prompt exactly like the local policy does, for
 serving a model trained on that format through a template that ignores ``tools=``.
 
+``stream=True`` asks for a server-sent-event stream (``stream_options={"include_usage": true}``
+so the final chunk still reports the tokens). On a wall clock a stream still running at the
+deadline is closed there and what arrived is returned as cut (``finish_reason="deadline"``):
+vLLM has no per-request deadline, but it aborts a request whose client disconnects, so closing
+the stream is what stops the server spending time on an answer nobody will use. A deadline
+before any token behaves like a non-streamed timeout. The time to first token is kept in
+:attr:`OpenAIPolicy.stream_stats` (a step has no field for it).
+
 Hosted APIs meter requests and tokens: ``requests_per_minute`` / ``tokens_per_minute`` pace the
 client, and a 429 is waited out as its ``Retry-After`` asks; both waits are charged to the
 episode's budget (:mod:`timely.policies.rate_limits`), so throttling is never free.
@@ -20,6 +28,9 @@ episode's budget (:mod:`timely.policies.rate_limits`), so throttling is never fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -27,9 +38,8 @@ from typing import Any, Literal
 import httpx2
 import openai
 
-from timely.clock import wall_seconds
+from timely.clock import WallClock, wall_seconds
 from timely.errors import ConfigError, PolicyError
-from timely.parsing import decode_arguments, parse_tool_calls
 from timely.policies.base import (
     VIRTUAL_MIN_TIMEOUT_S,
     Deadline,
@@ -37,15 +47,24 @@ from timely.policies.base import (
     register_backend,
     register_check,
 )
+from timely.policies.openai_reply import (
+    StreamedReply,
+    StreamStats,
+    assemble_completion,
+    completion_from_response,
+)
 from timely.policies.rate_limits import RateLimits
 from timely.prompting import (
     as_message,
-    assistant_text,
     estimate_prompt_tokens,
-    estimate_tokens,
     to_hermes_messages,
 )
-from timely.types import Completion, Message, ToolCall
+from timely.types import Completion, Message
+
+log = logging.getLogger(__name__)
+
+# Real time, for bounding a stream on a virtual-clock episode (its deadline is simulated).
+_REAL_TIME = WallClock()
 
 HttpToolFormat = Literal["native", "hermes-in-system"]
 TokenLimitParam = Literal["max_tokens", "max_completion_tokens"]
@@ -70,6 +89,8 @@ class OpenAIPolicy:
             this policy together); None = unlimited.
         tokens_per_minute: client-side limit on tokens per minute, counting each request's
             estimated prompt plus its token cap (needs ``max_tokens``); None = unlimited.
+        stream: stream the reply (server-sent events), so a wall-clock deadline can stop the
+            generation mid-answer and the time to first token is measured.
         name: the policy name in run records.
         http_client: an ``httpx2.AsyncClient`` to use (tests pass an ASGI transport); by
             default one is created per event loop.
@@ -90,6 +111,7 @@ class OpenAIPolicy:
         extra_body: dict[str, Any] | None = None,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
+        stream: bool = False,
         name: str | None = None,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
@@ -107,7 +129,11 @@ class OpenAIPolicy:
                 "tokens_per_minute counts each request's prompt plus its token cap, so it needs "
                 "max_tokens too (e.g. max_tokens=512)"
             )
+        if not isinstance(stream, bool):
+            raise ConfigError(f"stream must be true or false, not {stream!r}")
         self.rate_limits = RateLimits(requests_per_minute, tokens_per_minute)
+        self.stream = stream
+        self.stream_stats = StreamStats()
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
@@ -160,21 +186,101 @@ class OpenAIPolicy:
         if self.rate_limits.tokens_per_minute is not None:
             tokens = estimate_prompt_tokens(request["messages"], request.get("tools") or ())
             tokens += limit or 0
-        response = await self._create(request, tokens, deadline)
-        if response is None:  # the deadline came first (while waiting, or the call timed out)
-            return Completion(finish_reason="deadline", gen_seconds=wall_seconds() - started)
-        gen_seconds = wall_seconds() - started
         capped_by_budget = deadline.max_new_tokens is not None and limit == deadline.max_new_tokens
-        completion = _completion(response, len(messages), gen_seconds, capped_by_budget)
+        turn = len(messages)
+        if self.stream:
+            completion = await self._generate_stream(
+                request, tokens, deadline, started, turn, capped_by_budget
+            )
+        else:
+            sent = await self._create(request, tokens, deadline)
+            completion = None
+            if sent is not None:
+                completion = completion_from_response(
+                    sent[0], turn, wall_seconds() - started, capped_by_budget
+                )
+        if completion is None:  # the deadline came first (waiting, timed out, nothing streamed)
+            return Completion(finish_reason="deadline", gen_seconds=wall_seconds() - started)
         if completion.usage_estimated and not completion.prompt_tokens:
             # No usage from the server: charge the prompt as it was sent, never nothing.
             prompt = estimate_prompt_tokens(request["messages"], request.get("tools") or ())
             completion = completion.model_copy(update={"prompt_tokens": prompt})
         return completion
 
-    async def _create(self, request: dict[str, Any], tokens: int, deadline: Deadline) -> Any:
+    async def _generate_stream(
+        self,
+        request: dict[str, Any],
+        tokens: int,
+        deadline: Deadline,
+        started: float,
+        turn: int,
+        capped_by_budget: bool,
+    ) -> Completion | None:
+        """One streamed request; the stream is closed at the deadline. None when nothing
+        arrived before the deadline.
+
+        Raises:
+            PolicyError: the server failed before or during the stream (a dropped connection,
+                an undecodable chunk, an error event, a stream that ends unfinished).
+        """
+        request = {**request, "stream": True, "stream_options": {"include_usage": True}}
+        sent = await self._create(request, tokens, deadline)
+        if sent is None:
+            return None
+        stream, sent_at = sent
+        reply = StreamedReply()
+        cut = False
+        try:
+            async with _stream_cutoff(deadline):
+                async for chunk in stream:
+                    reply.add(chunk, wall_seconds() - sent_at)
+        except (TimeoutError, httpx2.TimeoutException, openai.APITimeoutError):
+            cut = True  # a read timeout can only be the deadline's (the SDK may wrap it)
+        except (httpx2.TransportError, openai.APIConnectionError) as e:
+            cause = e.__cause__ or e
+            raise PolicyError(
+                f"the model server at {self.base_url} broke off the stream after {reply.chunks} "
+                f"chunks ({type(cause).__name__}: {cause}); check its log, or run without "
+                "stream=true"
+            ) from e
+        except json.JSONDecodeError as e:
+            raise PolicyError(
+                f"the model server at {self.base_url} sent a stream chunk that is not JSON "
+                f"({e}); is it an OpenAI-compatible API? Try without stream=true"
+            ) from e
+        except openai.APIError as e:
+            raise PolicyError(
+                f"the model server at {self.base_url} reported an error mid-stream for model "
+                f"{self.model!r}: {e.message}"
+            ) from e
+        finally:
+            await stream.close()  # mid-stream, this disconnect aborts the request in vLLM
+        self.stream_stats.record(reply, cut)
+        if reply.first_token_s is not None:
+            log.debug("%s: first token after %.3f s", self.name, reply.first_token_s)
+        if not cut and reply.finish_reason is None:
+            raise PolicyError(
+                f"the model server at {self.base_url} ended the stream without a finish_reason "
+                f"after {reply.chunks} chunks: the reply is incomplete; check its log"
+            )
+        if cut and not reply.received:
+            return None
+        return assemble_completion(
+            reply.text,
+            reply.tool_calls(),
+            "deadline" if cut else reply.finish_reason or "stop",
+            reply.usage,
+            turn,
+            wall_seconds() - started,
+            capped_by_budget,
+        )
+
+    async def _create(
+        self, request: dict[str, Any], tokens: int, deadline: Deadline
+    ) -> tuple[Any, float] | None:
         """Send ``request`` within the rate limits; a 429 is waited out and retried while the
-        budget lasts. None when the deadline came first.
+        budget lasts. The response (a stream when asked for) and when it was sent; None when
+        the deadline came first.
 
         Raises:
             PolicyError: the server cannot be reached, is out of quota, or refused the request.
@@ -183,10 +289,12 @@ class OpenAIPolicy:
         while True:
             if not await self.rate_limits.acquire(tokens, deadline):
                 return None
+            sent_at = wall_seconds()
             try:
-                return await self._openai().chat.completions.create(
+                response = await self._openai().chat.completions.create(
                     **request, timeout=deadline.timeout_s()
                 )
+                return response, sent_at
             except openai.RateLimitError as e:
                 if not await self.rate_limits.wait_after_429(
                     e.response.headers, e.body, throttled, deadline
@@ -232,58 +340,18 @@ class OpenAIPolicy:
         return request
 
 
-def _completion(response: Any, turn: int, gen_seconds: float, capped_by_budget: bool) -> Completion:
-    if not getattr(response, "choices", None):
-        raise PolicyError("the model server returned no choices; is it an OpenAI-compatible API?")
-    choice = response.choices[0]
-    message = choice.message
-    content = message.content or ""
-    calls: list[ToolCall] = []
-    malformed: list[str] = []
-    for i, call in enumerate(message.tool_calls or []):
-        fn = getattr(call, "function", None)
-        name = getattr(fn, "name", None)
-        if not name:
-            malformed.append("the server returned a tool call without a function name")
-            continue
-        arguments, error = decode_arguments(fn.arguments)
-        if arguments is None:
-            malformed.append(f"tool call {name!r}: {error}")
-            continue
-        calls.append(ToolCall(id=call.id or f"call_{turn}_{i}", name=name, arguments=arguments))
-    if not message.tool_calls:
-        # A server without a tool parser (or a model in hermes-in-system mode) answers in text.
-        content, calls, malformed = parse_tool_calls(content, id_prefix=f"call_{turn}_")
-    finish = choice.finish_reason or "stop"
-    if finish == "length" and capped_by_budget:
-        finish = "deadline"
-    usage = getattr(response, "usage", None)
-    prompt_tokens = getattr(usage, "prompt_tokens", None)
-    completion_tokens = getattr(usage, "completion_tokens", None)
-    # Servers that report no usage (some proxies, streaming without include_usage) are charged
-    # from the text instead, and the step says so: generation is never free.
-    estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
-    if not isinstance(completion_tokens, int) or (
-        completion_tokens == 0 and (content or message.tool_calls)
-    ):
-        completion_tokens = max(1, estimate_tokens(assistant_text(content, calls)))
-        estimated = True
-    return Completion(
-        text=content,
-        tool_calls=calls,
-        malformed=malformed,
-        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else 0,
-        completion_tokens=completion_tokens,
-        gen_seconds=gen_seconds,
-        finish_reason=finish,
-        usage_estimated=estimated,
-    )
-
-
 def _min_limit(configured: int | None, budget: int | None) -> int | None:
     if configured is None:
         return budget
     return configured if budget is None else min(configured, budget)
+
+
+def _stream_cutoff(deadline: Deadline) -> contextlib.AbstractAsyncContextManager[None]:
+    """Where a stream is closed: at the deadline on a wall clock; on a virtual clock (whose
+    time is simulated) after the real-time floor every HTTP call gets."""
+    if deadline.clock.kind == "wall":
+        return deadline.clock.cutoff(deadline.at)
+    return _REAL_TIME.cutoff(_REAL_TIME.now() + deadline.timeout_s())
 
 
 def _error_message(error: openai.APIStatusError) -> str:
@@ -309,12 +377,15 @@ _OPENAI_OPTIONS = (
     "extra_body",
     "requests_per_minute",
     "tokens_per_minute",
+    "stream",
     "name",
 )
 
 
 @register_check("openai")  # building one is the check: the HTTP client opens on first use
-@register_backend("openai", help="OpenAI-compatible server: openai:MODEL with base_url=...")
+@register_backend(
+    "openai", help="OpenAI-compatible server: openai:MODEL with base_url=... [stream=true]"
+)
 def openai_backend(spec: str = "", **options: Any) -> OpenAIPolicy:
     """Build an :class:`OpenAIPolicy` from a spec (the model, after ``openai:``) and options.
 
@@ -322,10 +393,10 @@ def openai_backend(spec: str = "", **options: Any) -> OpenAIPolicy:
         spec: the served model name.
         **options: ``base_url`` (required), ``api_key``, ``temperature``, ``max_tokens``,
             ``top_p``, ``seed``, ``tool_format``, ``token_limit_param``, ``extra_body``,
-            ``requests_per_minute``, ``tokens_per_minute``, ``name``.
+            ``requests_per_minute``, ``tokens_per_minute``, ``stream``, ``name``.
 
     Raises:
-        ConfigError: no model, no base_url, or an unknown option.
+        ConfigError: no model, no base_url, an unknown option or a bad value.
     """
     check_options(f"openai:{spec}", options, _OPENAI_OPTIONS)
     if not spec:
