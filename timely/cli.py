@@ -471,7 +471,21 @@ def eval_cmd(
     out: Annotated[
         str | None, typer.Option(help="Run directory (default runs/eval-SUITE).")
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="local (asyncio) or ray.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="local (asyncio, this process) or ray (a pool of Ray actors, each holding its "
+            "own policies; a private local Ray unless --ray-address is given)."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Join this Ray cluster and play there (implies --backend ray): auto (the "
+            "cluster `ray start --head` set up on this machine), HOST:PORT or ray://HOST:PORT.",
+        ),
+    ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Episodes in flight at once.")] = None,
     clock: Annotated[str | None, typer.Option(help="virtual (simulated) or wall (real).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes per cell.")] = None,
@@ -503,8 +517,11 @@ def eval_cmd(
         if not sep or not key:
             raise typer.BadParameter(f"--policy-option {item!r} must look like KEY=VALUE")
         options[key] = yaml.safe_load(value)
+    if ray_address and backend not in (None, "ray"):
+        raise typer.BadParameter(f"--ray-address needs --backend ray, not {backend!r}")
     flags = _flag_overrides(
-        backend=backend,
+        backend="ray" if ray_address else backend,
+        **{"ray.address": ray_address},
         concurrency=concurrency,
         clock=clock,
         episodes=episodes,

@@ -206,12 +206,52 @@ class Calibration(_Frozen):
 
 
 class RayOptions(_Frozen):
-    """Settings of the Ray backend (``backend: ray``)."""
+    """Settings of the Ray backend (``backend: ray``): episodes are played by a pool of
+    ``EpisodeWorker`` actors, each holding its own policies for the whole run."""
 
-    address: str | None = Field(None, description="Ray cluster address; None starts local Ray.")
-    num_cpus: int = Field(2, ge=1, description="CPUs of a local Ray instance.")
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: 'auto' (the cluster `ray start` set up on this "
+        "machine), HOST:PORT or ray://HOST:PORT; None starts a private local Ray.",
+    )
+    num_cpus: int = Field(
+        2, ge=1, description="CPUs of the private local Ray (ignored when address is set)."
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="EpisodeWorker actors to start; each loads its own copy of a local model, "
+        "once. 0: as many as the cluster's free CPUs allow (free CPUs / num_cpus_per_worker), "
+        "never more than there are chunks.",
+    )
+    num_cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves for each worker actor (its num_cpus)."
+    )
+    num_gpus_per_worker: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs Ray reserves for each worker actor (its num_gpus; e.g. 1 for one "
+        "local model per GPU, 0.5 to pack two).",
+    )
     chunk_size: int = Field(
-        0, ge=0, description="Episodes per Ray task (0: pick from the number of episodes)."
+        0,
+        ge=0,
+        description="Episodes handed to a worker at a time (0: about four chunks per worker, "
+        "at most 64 episodes). Smaller chunks balance load better and lose less when a worker "
+        "dies.",
+    )
+    max_retries: int = Field(
+        3,
+        ge=0,
+        description="Times a chunk whose worker died is played again on another worker; "
+        "after max_retries + 1 deaths its episodes go to errors.jsonl (retried on resume). "
+        "An exception raised by an episode is that episode's error, not a death.",
+    )
+    max_restarts: int = Field(
+        3,
+        ge=-1,
+        description="Times each worker slot gets a fresh actor after its actor died "
+        "(-1: no limit); when every slot is used up the remaining episodes go to errors.jsonl.",
     )
 
 
