@@ -62,3 +62,13 @@ def cli_tool_server(*args: str, startup_timeout_s: float = 30.0):
 def tool_server_process():
     """The :func:`cli_tool_server` context manager, as a fixture."""
     return cli_tool_server
+
+
+@pytest.fixture(scope="module")
+def stub():
+    """The loopback OpenAI-compatible stub (tests/helpers/openai_stub.py): ``(app, base_url)``."""
+    from tests.helpers.openai_stub import create_stub_app, serve_in_thread
+
+    app = create_stub_app()
+    with serve_in_thread(app) as url:
+        yield app, f"{url}/v1"

@@ -6,26 +6,12 @@ import socket
 
 import pytest
 
-from tests.helpers.openai_stub import STUB_SLOW_S, create_stub_app, serve_in_thread
+from tests.helpers.openai_stub import CALCULATOR_TOOL as CALC
+from tests.helpers.openai_stub import STUB_SLOW_S
 from timely.clock import WallClock, wall_seconds
 from timely.errors import PolicyError
 from timely.policies.base import Deadline, make_policy
 from timely.types import Message
-
-CALC = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def stub():
-    app = create_stub_app()
-    with serve_in_thread(app) as url:
-        yield app, f"{url}/v1"
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,6 @@ import asyncio
 import pytest
 
 from tests.helpers.env import in_process_tools
-from tests.helpers.openai_stub import create_stub_app, serve_in_thread
 from timely.budget import Budget
 from timely.clock import VirtualClock, WallClock
 from timely.errors import ConfigError, PolicyError
@@ -23,13 +22,6 @@ from timely.policies import rate_limits
 from timely.policies.base import Deadline, make_policy
 from timely.task import make_task
 from timely.types import EndReason, Message
-
-
-@pytest.fixture(scope="module")
-def stub():
-    app = create_stub_app()
-    with serve_in_thread(app) as url:
-        yield app, f"{url}/v1"
 
 
 @pytest.fixture(autouse=True)

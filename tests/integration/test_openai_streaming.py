@@ -14,7 +14,8 @@ import asyncio
 import pytest
 
 from server.app import ServerConfig, running_server
-from tests.helpers.openai_stub import STUB_SLOW_S, create_stub_app, serve_in_thread
+from tests.helpers.openai_stub import CALCULATOR_TOOL as CALC
+from tests.helpers.openai_stub import STUB_SLOW_S
 from timely.budget import Budget
 from timely.clock import VirtualClock, WallClock, wall_seconds
 from timely.errors import PolicyError
@@ -23,21 +24,6 @@ from timely.policies.base import Deadline, make_policy
 from timely.task import make_task
 from timely.toolclient import ToolClient
 from timely.types import EndReason, Message, ToolCall
-
-CALC = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def stub():
-    app = create_stub_app()
-    with serve_in_thread(app) as url:
-        yield app, f"{url}/v1"
 
 
 @pytest.fixture(autouse=True)
