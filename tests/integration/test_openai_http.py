@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from tests.helpers.openai_stub import CALCULATOR_TOOL as CALC
-from tests.helpers.openai_stub import STUB_SLOW_S
+from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import WallClock, wall_seconds
 from timely.errors import PolicyError
 from timely.policies.base import Deadline, make_policy
@@ -43,8 +43,8 @@ async def test_the_deadline_is_the_timeout_and_is_not_retried(stub):
     await policy.aclose()
     assert out.finish_reason == "deadline"
     assert out.text == "" and out.tool_calls == []
-    assert 0.25 <= elapsed < STUB_SLOW_S - 0.3
-    assert 0.25 <= out.gen_seconds < STUB_SLOW_S - 0.3
+    assert 0.25 <= elapsed < 0.25 + WALL_SLACK_S
+    assert 0.25 <= out.gen_seconds < 0.25 + WALL_SLACK_S
     assert len(app.state.requests) == 1
 
 
