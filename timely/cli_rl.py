@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -68,8 +68,9 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument(
         "--backend",
         choices=("local", "verl"),
-        default="local",
-        help="local: the CPU trainer here; verl: reserved for the GPU scale-out backend.",
+        default=None,
+        help="local: the CPU trainer here (default); verl: GRPO on verl with vLLM rollouts on "
+        "GPUs (default when the config says backend: verl; see docs/scale.md).",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -84,15 +85,12 @@ def train_main(argv: list[str]) -> int:
                     f"{item!r} is neither a command ({', '.join(SUBCOMMANDS)}) nor a key=value "
                     "override; see `timely-rl --help`"
                 )
+        backend = args.backend or _config_backend(args.config)
+        if backend == "verl":
+            return verl_main(args.config, args.overrides, dry_run=args.dry_run, console=console)
         config = load_config(TrainConfig, args.config, args.overrides)
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
-        return 2
-    if args.backend == "verl":
-        console.print(
-            "[red]error:[/] the verl backend is not part of this release yet; use "
-            "--backend local (the CPU trainer)"
-        )
         return 2
     if args.dry_run:
         print(dump_yaml(config), end="")
@@ -107,6 +105,51 @@ def train_main(argv: list[str]) -> int:
     for stage, path in done.items():
         console.print(f"{stage}: {path}")
     return 0
+
+
+def _config_backend(path: str | None) -> str:
+    """The ``backend:`` a YAML config names (``local`` when it names none)."""
+    if not path:
+        return "local"
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "local"  # load_config reports the problem
+    return str(data.get("backend", "local")) if isinstance(data, dict) else "local"
+
+
+def verl_main(
+    config_path: str | None, overrides: list[str], *, dry_run: bool, console: Console
+) -> int:
+    """``timely-rl --backend verl``: print the plan (``--dry-run``) or run it."""
+    from rich.progress import Progress
+
+    from timely.config import load_config
+    from timely.train.verl.config import VerlConfig
+    from timely.train.verl.launch import dry_run_text, launch, plan
+
+    config = load_config(VerlConfig, config_path, overrides)
+    if dry_run:
+        print(dry_run_text(plan(config)), end="")
+        return 0
+    with Progress(console=console, transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = bars.add_task(f"{split} rows", total=total)
+            bars.update(tasks[split], completed=done)
+
+        try:
+            code = launch(config, progress=progress, say=lambda s: console.print(s))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: run the same command again to continue")
+            return 130
+    if code != 0:
+        console.print(f"[red]verl exited with {code}[/]: see {plan(config).logs / 'verl.log'}")
+    return code
 
 
 @app.callback()

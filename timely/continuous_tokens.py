@@ -39,7 +39,7 @@ class ContinuousTokens:
     def __init__(self, tokenizer: Any, tool_format: ToolFormat = "auto") -> None:
         self.tokenizer = tokenizer
         self.tool_format = resolve_tool_format(tokenizer, tool_format)
-        self.initial_length = 0  # ids of the first prompt (verl's prompt_ids)
+        self.initial_ids: list[int] = []  # the first prompt (verl's prompt_ids)
         self._context: list[int] | None = None  # last prompt + its sampled ids
         self._seen = 0  # messages of the last call (its assistant reply is the next one)
         self._pending: tuple[int, list[int]] | None = None  # (len(messages), prompt) cache
@@ -52,11 +52,15 @@ class ContinuousTokens:
             return self._pending[1]
         if self._context is None:
             ids = prompt_token_ids(self.tokenizer, messages, tools, tool_format=self.tool_format)
-            self.initial_length = len(ids)
+            self.initial_ids = ids
         else:
             ids = self._context + self._new_message_ids(messages, tools)
         self._pending = (len(messages), ids)
         return ids
+
+    @property
+    def initial_length(self) -> int:
+        return len(self.initial_ids)
 
     def sampled(self, messages: Sequence[Message], prompt: list[int], ids: list[int]) -> None:
         """Record that the model, fed ``prompt`` for ``messages``, sampled ``ids``."""

@@ -180,6 +180,17 @@ async def run_episode(
     return traj
 
 
+def opening_messages(task: Task, time: TimeAwareness, budget_s: float) -> list[Message]:
+    """The conversation an episode opens with: the task's messages, the budget line appended to
+    the last one when the time awareness shows it (RL data exports write the same prompt)."""
+    messages = task.opening_messages()
+    if time.show_budget:
+        last = messages[-1]
+        line = time.budget_line(budget_s)
+        messages[-1] = last.model_copy(update={"content": f"{last.content}\n\n{line}"})
+    return messages
+
+
 def episode_session_id(task: Task, policy_name: str, sample: int = 0) -> str:
     """A fresh tool-server session id for one episode: ``ep-KEY#NONCE``.
 
@@ -266,11 +277,7 @@ class _Episode:
     # -- setup -------------------------------------------------------------------------------
     async def start(self) -> list[Message]:
         self.tool_schemas = await self._tool_schemas()
-        messages = self.task.opening_messages()
-        if self.opts.time.show_budget:
-            last = messages[-1]
-            line = self.opts.time.budget_line(self.budget.seconds)
-            messages[-1] = last.model_copy(update={"content": f"{last.content}\n\n{line}"})
+        messages = opening_messages(self.task, self.opts.time, self.budget.seconds)
         if self.events:
             await self.events.emit(
                 EpisodeStarted(

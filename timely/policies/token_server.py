@@ -45,6 +45,10 @@ class ContextFull(PolicyError):
     """The episode's tokens reached the trainer's response length; nothing more can be sampled."""
 
 
+class PromptTooLong(PolicyError):
+    """The first prompt is longer than the trainer takes (nothing was sampled)."""
+
+
 class TokenServerPolicy:
     """One episode's policy on a token server (one instance per episode: it holds its tokens).
 
@@ -58,6 +62,8 @@ class TokenServerPolicy:
             ``rollout.response_length``); None for no limit.
         context_length: most tokens the server takes, prompt and sample together; None for no
             limit.
+        prompt_length: most tokens of the first prompt (verl's ``rollout.prompt_length``); a
+            longer one is refused before anything is sampled (:class:`PromptTooLong`).
         stop_token_ids: ids that end an assistant turn (default: the tokenizer's EOS).
         tool_format: how tools reach the prompt.
         request_id: keeps the conversation on one server (default: a fresh id).
@@ -73,6 +79,7 @@ class TokenServerPolicy:
         max_new_tokens: int = 1024,
         response_length: int | None = None,
         context_length: int | None = None,
+        prompt_length: int | None = None,
         stop_token_ids: Sequence[int] | None = None,
         tool_format: ToolFormat = "auto",
         request_id: str | None = None,
@@ -86,6 +93,7 @@ class TokenServerPolicy:
         self.max_new_tokens = max_new_tokens
         self.response_length = response_length
         self.context_length = context_length
+        self.prompt_length = prompt_length
         eos = tokenizer.eos_token_id
         self.stop_ids = set(stop_token_ids or ([] if eos is None else [eos]))
         if not self.stop_ids:
@@ -93,6 +101,7 @@ class TokenServerPolicy:
         self.tokens = ContinuousTokens(tokenizer, tool_format)
         self.request_id = request_id or uuid.uuid4().hex
         self.name = name
+        self.server_s = 0.0  # measured wall seconds inside server.generate
 
     def count_prompt_tokens(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
@@ -105,6 +114,11 @@ class TokenServerPolicy:
     ) -> Completion:
         started = wall_seconds()
         prompt = self.tokens.prompt_ids(messages, tools)
+        if self.prompt_length is not None and self.tokens.initial_length > self.prompt_length:
+            raise PromptTooLong(
+                f"the first prompt is {self.tokens.initial_length} tokens, over the prompt "
+                f"length {self.prompt_length}"
+            )
         cap, cap_is_budget = self._cap(len(prompt), deadline.max_new_tokens)
         if cap_is_budget and cap <= 0:
             return Completion(
@@ -122,7 +136,13 @@ class TokenServerPolicy:
             )
         params = {**self.sampling_params, "max_tokens": cap}
         params["stop_token_ids"] = sorted(self.stop_ids | set(params.get("stop_token_ids") or []))
-        out = await self.server.generate(self.request_id, prompt_ids=prompt, sampling_params=params)
+        called = wall_seconds()
+        try:
+            out = await self.server.generate(
+                self.request_id, prompt_ids=prompt, sampling_params=params
+            )
+        finally:
+            self.server_s += wall_seconds() - called
         if getattr(out, "stop_reason", None) == "aborted":
             # verl aborts in-flight requests when it syncs weights; the sample is not usable.
             raise PolicyError("the token server aborted the request before it finished")

@@ -23,10 +23,12 @@ from timely.budget import Budget, TimeAwareness
 from timely.clock import SpeedProfile, VirtualClock, speed_profile
 from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import make_policy
-from timely.reward import RewardConfig
+from timely.reward import RewardConfig, compute_reward
 from timely.task import Task, make_task
 from timely.tool_servers import in_process_app
 from timely.toolclient import ToolBackend, ToolClient
+from timely.train.config import RLConfig
+from timely.types import EndReason, Trajectory
 
 # "No time limit" is a budget that never binds; the model is told nothing about time.
 NO_LIMIT_S = 1e6
@@ -177,6 +179,54 @@ async def draw_setting(
     else:
         expert_s = await unconstrained(task, latency, mode)
     return Setting(latency, mode, round(multiplier * expert_s, 3), multiplier, profile)
+
+
+def episode_budget(setting: Setting, config: RLConfig) -> Budget:
+    """The setting's hard budget; for the no-time-reward ablation one that never stops or cuts."""
+    if config.time_reward:
+        return setting.budget()
+    late_limit = max(1.0, NO_LIMIT_S / setting.budget_s)
+    return Budget(seconds=setting.budget_s, overrun="late", late_limit_factor=late_limit)
+
+
+def rl_reward(
+    score: float,
+    *,
+    elapsed_s: float,
+    budget_s: float,
+    on_time: bool,
+    answered: bool,
+    formatted: bool,
+    reward: RewardConfig,
+    time_reward: bool,
+) -> float:
+    """The Timely-RL training reward: ``reward`` of the episode, or plain correctness (the
+    ablation, ``time_reward=False``): the score of an answered episode, whatever its timing."""
+    if not time_reward:
+        return score if answered else 0.0
+    return compute_reward(
+        score,
+        elapsed_s=elapsed_s,
+        budget_s=budget_s,
+        on_time=on_time,
+        answered=answered,
+        formatted=formatted,
+        config=reward,
+    )
+
+
+def episode_reward(trajectory: Trajectory, config: RLConfig) -> float:
+    """:func:`rl_reward` of a finished trajectory under ``config``."""
+    return rl_reward(
+        trajectory.score,
+        elapsed_s=trajectory.elapsed_s,
+        budget_s=trajectory.budget_s,
+        on_time=trajectory.compliant,
+        answered=trajectory.end_reason == EndReason.ANSWERED,
+        formatted=bool(trajectory.metadata.get("formatted", True)),
+        reward=config.reward,
+        time_reward=config.time_reward,
+    )
 
 
 def train_task(task_id: str, seed: int) -> Task:

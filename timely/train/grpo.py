@@ -72,12 +72,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from timely.budget import Budget
 from timely.clock import make_clock, wall_seconds
 from timely.errors import TrainingDataError
 from timely.loop import run_episode
 from timely.policies.hf import HFPolicy
-from timely.reward import trajectory_reward
 from timely.rng import derive_seed
 from timely.task import Task, make_task
 from timely.train.adapters import (
@@ -90,10 +88,11 @@ from timely.train.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from timely.train.config import RLConfig
 from timely.train.curves import plot_curves
 from timely.train.episodes import (
-    NO_LIMIT_S,
     Setting,
     ToolPool,
     draw_setting,
+    episode_budget,
+    episode_reward,
     log_uniform,
     scaled_speed,
     tool_pool,
@@ -119,7 +118,7 @@ from timely.train.rl_record import (
     write_rollouts,
 )
 from timely.train.view import ViewForm, training_view
-from timely.types import Completion, EndReason, Message, Trajectory
+from timely.types import Completion, Message, Trajectory
 
 
 # --- the entry point ----------------------------------------------------------------------------
@@ -337,14 +336,6 @@ def instance(task_id: str, seed: int, config: RLConfig) -> Task:
     return make_task(task_id, seed=seed, split="train", **config.task_options.get(task_id, {}))
 
 
-def episode_budget(setting: Setting, config: RLConfig) -> Budget:
-    """The setting's hard budget; for the no-time-reward ablation one that never stops or cuts."""
-    if config.time_reward:
-        return setting.budget()
-    late_limit = max(1.0, NO_LIMIT_S / setting.budget_s)
-    return Budget(seconds=setting.budget_s, overrun="late", late_limit_factor=late_limit)
-
-
 class _Lockstep:
     """Deterministic batching: a model call runs once every live episode is waiting on one.
 
@@ -418,14 +409,6 @@ class _Member:
 
 
 # --- rewards and training rows ------------------------------------------------------------------
-def episode_reward(trajectory: Trajectory, config: RLConfig) -> float:
-    """The training reward: ``config.reward`` of the trajectory, or plain correctness (the
-    ablation, ``time_reward=False``): the score of an answered episode, whatever its timing."""
-    if not config.time_reward:
-        return trajectory.score if trajectory.end_reason == EndReason.ANSWERED else 0.0
-    return trajectory_reward(trajectory, config.reward)
-
-
 def trajectory_rows(trajectory: Trajectory) -> tuple[list[tuple[list, list, list]], str | None]:
     """``(token_ids, mask, old_logprobs)`` rows of an episode and its view form.
 

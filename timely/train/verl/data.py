@@ -1,0 +1,171 @@
+"""verl's RL parquet files from the tasks' train and test splits.
+
+Each row is one task instance with its drawn setting (latency, time mode, budget), in verl's RL
+row format (``data_source``, ``agent_name``, ``prompt``, ``ability``, ``reward_model``,
+``extra_info``). Settings come from :func:`timely.train.episodes.draw_setting` with the CPU
+trainer's calibration (the oracle's time with the trained model's token counts), so a budget of
+``2x`` means the same on both backends. ``prompt`` holds the exact opening messages the agent loop
+sends and ``extra_info.prompt_tokens`` their length with the tools rendered, so a prompt that
+would not fit ``verl.prompt_length`` is refused here, not on the cluster.
+
+Validation rows come from the test split and take turns over fixed relative budgets
+(``verl.val_budget_multipliers``), always with a limit and at the base speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from timely.clock import VirtualClock
+from timely.errors import ConfigError
+from timely.loop import run_episode
+from timely.policies.base import Deadline
+from timely.prompting import prompt_token_ids
+from timely.rng import derive_seed
+from timely.task import Task, make_task
+from timely.train.config import RLConfig
+from timely.train.episodes import ToolPool, draw_setting, tool_pool
+from timely.train.experts import tokenized_calibrator
+from timely.train.verl.config import AGENT_NAME, VerlConfig
+from timely.train.verl.rollout import row_extra_info
+from timely.types import Completion, Message
+
+Progress = Callable[[str, int, int], None]  # (split, rows done, rows)
+
+
+async def export_split(
+    config: VerlConfig,
+    tokenizer: Any,
+    split: str,
+    n_rows: int,
+    *,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """``n_rows`` rows of ``split`` (train: drawn settings; test: fixed relative budgets)."""
+    rl = config.rl
+    rng = np.random.default_rng(derive_seed(rl.seed, "verl-data", split))
+    rows: list[dict[str, Any]] = []
+    async with tool_pool(rl.seed) as pool:
+        calibrate = tokenized_calibrator(pool, rl.speed, tokenizer, rl.calibration)
+        for i in range(n_rows):
+            task_id = rl.tasks[i % len(rl.tasks)]
+            options = rl.task_options.get(task_id, {})
+            task = make_task(task_id, seed=int(rng.integers(2**31)), split=split, **options)
+            if split == "train":
+                draw = dict(
+                    multipliers=rl.budget_multipliers,
+                    no_limit_share=rl.no_limit_share,
+                    speed_factor=rl.speed_factor,
+                )
+            else:
+                m = config.verl.val_budget_multipliers[i % len(config.verl.val_budget_multipliers)]
+                draw = dict(multipliers=(m, m), no_limit_share=0.0)
+            setting = await draw_setting(
+                rng,
+                pool,
+                task,
+                latencies=rl.latencies,
+                time_modes=rl.time_modes,
+                speed=rl.speed,
+                unconstrained=calibrate,
+                **draw,  # type: ignore[arg-type]
+            )
+            messages, tools = await first_prompt(pool, task, setting, rl)
+            n_tokens = len(prompt_token_ids(tokenizer, messages, tools))
+            if n_tokens > config.verl.prompt_length:
+                raise ConfigError(
+                    f"{task_id} seed {task.spec.seed}: the first prompt is {n_tokens} tokens "
+                    f"with its {len(tools)} tools, over verl.prompt_length="
+                    f"{config.verl.prompt_length}; raise it or lower the task's difficulty"
+                )
+            rows.append(row(task, options, setting, messages, n_tokens, index=i))
+            if progress is not None:
+                progress(split, i + 1, n_rows)
+    return rows
+
+
+def row(
+    task: Task,
+    options: dict[str, Any],
+    setting: Any,
+    messages: list[Message],
+    prompt_tokens: int,
+    *,
+    index: int,
+) -> dict[str, Any]:
+    """One verl RL row."""
+    return {
+        "data_source": f"timely/{task.id}",
+        "agent_name": AGENT_NAME,
+        "prompt": [{"role": m.role, "content": m.content or ""} for m in messages],
+        "ability": task.id.split("/", 1)[0],
+        "reward_model": {"style": "rule", "ground_truth": task.solution().answer},
+        "extra_info": {
+            **row_extra_info(task, options, setting),
+            "index": index,
+            "prompt_tokens": prompt_tokens,
+        },
+    }
+
+
+async def first_prompt(
+    pool: ToolPool, task: Task, setting: Any, rl: RLConfig
+) -> tuple[list[Message], list[dict[str, Any]]]:
+    """The messages and tools of the episode's first model call, as the loop builds them.
+
+    Played through the loop itself with a policy that answers at once, so the exported prompt
+    is what the agent loop will send (system prompt, budget line, tools offered).
+    """
+    probe = _FirstCall()
+    await run_episode(
+        probe,
+        task,
+        await pool.get(setting.latency),
+        VirtualClock(),
+        setting.budget(),
+        options=setting.options(rl.reward, rl.max_turns),
+    )
+    if probe.seen is None:
+        raise ConfigError(f"{task.id}: the episode ended before its first model call")
+    return probe.seen
+
+
+class _FirstCall:
+    """A policy that records its first prompt and answers nothing."""
+
+    name = "first-prompt"
+
+    def __init__(self) -> None:
+        self.seen: tuple[list[Message], list[dict[str, Any]]] | None = None
+
+    async def generate(
+        self, messages: list[Message], tools: list[dict[str, Any]], *, deadline: Deadline
+    ) -> Completion:
+        if self.seen is None:
+            self.seen = (list(messages), list(tools))
+        return Completion(text="")
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write rows with HF ``datasets`` (what verl's RLHFDataset reads them back with)."""
+    from datasets import Dataset
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+def export_data(
+    config: VerlConfig, tokenizer: Any, out_dir: Path, *, progress: Progress | None = None
+) -> dict[str, Path]:
+    """Write ``train.parquet`` and ``test.parquet`` under ``out_dir``; return their paths."""
+    paths = {}
+    for split, n_rows in (("train", config.verl.train_prompts), ("test", config.verl.val_prompts)):
+        rows = asyncio.run(export_split(config, tokenizer, split, n_rows, progress=progress))
+        paths[split] = write_parquet(rows, out_dir / f"{split}.parquet")
+    return paths

@@ -1,0 +1,283 @@
+"""``timely-rl --backend verl``: export the data, serve the tools, write verl's config, run verl.
+
+One run directory (``out``) holds everything, on a filesystem every node sees:
+
+* ``data/train.parquet``, ``data/test.parquet``: the rows (:mod:`timely.train.verl.data`),
+  exported once per data config (``data/stamp.json``) and reused by a rerun;
+* ``agent_loops.yaml``: registers ``timely_agent`` with verl
+  (``rollout.agent.agent_loop_config_path``);
+* ``timely_verl.json``: the settings every rollout reads (RL config, tool server URLs);
+* ``command.sh``: the exact ``python -m verl.trainer.main_ppo`` command with its overrides;
+* ``config.yaml`` and ``manifest.json``: the resolved config, versions and seeds;
+* ``logs/verl.log``, ``logs/tool-server-*.log``; ``checkpoints/`` (verl resumes from it, so the
+  same command continues a killed run).
+
+One tool server per latency is started as its own process (or the URLs in
+``verl.tool_servers`` are checked), and stopped when verl exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from timely.config import config_hash, dump_yaml
+from timely.errors import ConfigError
+from timely.tool_servers import tool_server_process
+from timely.train.verl.config import AGENT_NAME, VerlConfig, verl_overrides
+from timely.train.verl.rollout import AgentSettings
+
+Runner = Callable[[list[str], Path], int]  # (command, log file) -> exit code
+
+
+@dataclass(frozen=True)
+class VerlRun:
+    """The files of one run directory and the command that trains on them."""
+
+    dir: Path
+    config: VerlConfig
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def train_file(self) -> Path:
+        return self.data_dir / "train.parquet"
+
+    @property
+    def val_file(self) -> Path:
+        return self.data_dir / "test.parquet"
+
+    @property
+    def agent_loops(self) -> Path:
+        return self.dir / "agent_loops.yaml"
+
+    @property
+    def settings(self) -> Path:
+        return self.dir / "timely_verl.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def command(self) -> list[str]:
+        from timely.train.verl import reward
+
+        python = self.config.verl.python or sys.executable
+        return [
+            python,
+            "-m",
+            "verl.trainer.main_ppo",
+            *verl_overrides(
+                self.config,
+                train_file=str(self.train_file),
+                val_file=str(self.val_file),
+                agent_loop_config=str(self.agent_loops),
+                reward_file=str(Path(reward.__file__).resolve()),
+                checkpoint_dir=str(self.dir / "checkpoints"),
+            ),
+        ]
+
+    def agent_loops_yaml(self) -> str:
+        entry = {
+            "name": AGENT_NAME,
+            "_target_": "timely.train.verl.agent_loop.TimelyAgentLoop",
+            "settings_path": str(self.settings),
+        }
+        return yaml.safe_dump([entry], sort_keys=False)
+
+
+def plan(config: VerlConfig) -> VerlRun:
+    """The run of ``config`` (absolute paths: verl's workers run elsewhere)."""
+    return VerlRun(Path(config.out).resolve(), config)
+
+
+def dry_run_text(run: VerlRun) -> str:
+    """What ``--dry-run`` prints: the command, the agent-loop registration and the config."""
+    return (
+        "# verl command (written to command.sh by a real run)\n"
+        f"{shlex.join(run.command)}\n\n"
+        f"# {run.agent_loops}\n{run.agent_loops_yaml()}\n"
+        f"# resolved timely config\n{dump_yaml(run.config)}"
+    )
+
+
+def launch(
+    config: VerlConfig,
+    *,
+    tokenizer: Any = None,
+    runner: Runner | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Prepare the run directory, serve the tools and run verl; return verl's exit code.
+
+    Args:
+        config: the resolved config.
+        tokenizer: the trained model's tokenizer (default: loaded from ``verl.model``); data
+            budgets are calibrated with its token counts.
+        runner: runs the command (default: a subprocess, its output shown and logged).
+        progress: ``(split, rows done, rows)`` while the data is exported.
+        say: where status lines go.
+    """
+    run = plan(config)
+    run.logs.mkdir(parents=True, exist_ok=True)
+    if runner is None:
+        _check_verl(config)
+    if _export_needed(run):
+        say(f"exporting {config.verl.train_prompts} train and {config.verl.val_prompts} test rows")
+        from timely.train.verl.data import export_data
+
+        tok = tokenizer if tokenizer is not None else _load_tokenizer(config.verl.model)
+        export_data(config, tok, run.data_dir, progress=progress)
+        _stamp(run).write_text(json.dumps(_data_key(config), indent=2) + "\n")
+    else:
+        say(f"reusing the exported data in {run.data_dir}")
+    from timely.runrecord import write_run_record
+
+    write_run_record(run.dir, config, seeds=[config.rl.seed], extra={"gpu_env": _gpu_versions()})
+    run.agent_loops.write_text(run.agent_loops_yaml())
+    (run.dir / "command.sh").write_text("#!/bin/sh\n" + shlex.join(run.command) + "\n")
+    with served_tools(config, run.logs) as urls:
+        settings = AgentSettings(rl=config.rl, tool_servers=urls)
+        run.settings.write_text(settings.model_dump_json(indent=2) + "\n")
+        for latency, url in urls.items():
+            say(f"tool server {latency}: {url}")
+        say(f"running verl (log: {run.logs / 'verl.log'})")
+        return (runner or run_logged)(run.command, run.logs / "verl.log")
+
+
+@contextlib.contextmanager
+def served_tools(config: VerlConfig, logs: Path) -> Iterator[dict[str, str]]:
+    """latency -> URL for every ``rl.latencies`` entry: the given servers (checked), or one
+    ``timely tool-server`` process per latency, stopped when the block exits."""
+    given = config.verl.tool_servers
+    if given:
+        for latency, url in given.items():
+            _check_health(latency, url)
+        yield dict(given)
+        return
+    host = config.verl.tool_host
+    # Bound to every interface, the servers are reached by name from the other nodes.
+    advertised = socket.gethostname() if host == "0.0.0.0" else host
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for i, latency in enumerate(config.rl.latencies):
+            url, _ = stack.enter_context(
+                tool_server_process(
+                    "--latency",
+                    latency,
+                    "--seed",
+                    str(config.rl.seed + i),
+                    host=host,
+                    log=logs / f"tool-server-{i}.log",
+                )
+            )
+            urls[latency] = url.replace("127.0.0.1", advertised, 1) if host == "0.0.0.0" else url
+        yield urls
+
+
+def run_logged(command: list[str], log: Path) -> int:
+    """Run ``command``, its output shown and appended to ``log``; Ctrl-C stops it cleanly."""
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                sink.write(line)
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)  # verl's driver shuts Ray down on SIGINT
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def _check_health(latency: str, url: str) -> None:
+    import httpx2
+
+    try:
+        ok = httpx2.get(f"{url}/health", timeout=5, trust_env=False).status_code == 200
+    except httpx2.TransportError as exc:
+        raise ConfigError(
+            f"tool server for {latency} at {url} is not reachable ({exc}); start it with "
+            f"`timely tool-server --host 0.0.0.0 --latency {latency}` or leave "
+            "verl.tool_servers empty to have the launcher start one"
+        ) from None
+    if not ok:
+        raise ConfigError(f"tool server for {latency} at {url} answered /health with an error")
+
+
+def _check_verl(config: VerlConfig) -> None:
+    """Fail before any work when the interpreter that runs verl has no verl."""
+    python = config.verl.python or sys.executable
+    probe = subprocess.run(
+        [python, "-c", "import verl, verl.experimental.agent_loop"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        raise ConfigError(
+            f"{python} cannot import verl ({probe.stderr.strip().splitlines()[-1:]}); install "
+            "the GPU environment: pip install -e . -r requirements/verl-gpu.txt (docs/scale.md), "
+            "or point verl.python at an interpreter that has it"
+        )
+
+
+def _load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
+
+
+def _data_key(config: VerlConfig) -> dict[str, Any]:
+    v = config.verl
+    return {
+        "rl": config_hash(config.rl),
+        "model": v.model,
+        "train_prompts": v.train_prompts,
+        "val_prompts": v.val_prompts,
+        "prompt_length": v.prompt_length,
+        "val_budget_multipliers": list(v.val_budget_multipliers),
+    }
+
+
+def _stamp(run: VerlRun) -> Path:
+    return run.data_dir / "stamp.json"
+
+
+def _export_needed(run: VerlRun) -> bool:
+    try:
+        same = json.loads(_stamp(run).read_text()) == _data_key(run.config)
+    except (OSError, ValueError):
+        return True
+    return not (same and run.train_file.is_file() and run.val_file.is_file())
+
+
+def _gpu_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in ("verl", "vllm", "ray", "flash-attn"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
