@@ -33,8 +33,8 @@ def small_config(out: str = "runs/verl-test", **rl: Any) -> VerlConfig:
             train_prompts=6,
             val_prompts=3,
             ppo_mini_batch_size=2,
-            prompt_length=1024,
-            response_length=512,
+            prompt_length=4096,  # the byte-level tiny tokenizer spends ~1.4k on a prompt
+            response_length=2048,
         ),
     )
 

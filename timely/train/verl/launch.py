@@ -236,8 +236,10 @@ def _check_verl(config: VerlConfig) -> None:
         check=False,
     )
     if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"exit code {probe.returncode}"
         raise ConfigError(
-            f"{python} cannot import verl ({probe.stderr.strip().splitlines()[-1:]}); install "
+            f"{python} cannot import verl ({why}); install "
             "the GPU environment: pip install -e . -r requirements/verl-gpu.txt (docs/scale.md), "
             "or point verl.python at an interpreter that has it"
         )

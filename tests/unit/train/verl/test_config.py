@@ -1,0 +1,120 @@
+"""The verl backend's config: its Hydra overrides and the CLI's --dry-run."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tests.helpers.verl_rows import small_config
+from timely.cli_rl import train_main as main
+from timely.config import load_config
+from timely.errors import ConfigError
+from timely.train.verl.config import VerlConfig, verl_overrides
+from timely.train.verl.launch import plan
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+def overrides(config: VerlConfig) -> dict[str, str]:
+    pairs = verl_overrides(
+        config,
+        train_file="T",
+        val_file="V",
+        agent_loop_config="L",
+        reward_file="R",
+        checkpoint_dir="C",
+    )
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def test_the_paper_recipe_in_verl_names():
+    o = overrides(VerlConfig())
+    assert (
+        o["algorithm.adv_estimator"] == "grpo" and o["algorithm.norm_adv_by_std_in_grpo"] == "True"
+    )
+    assert o["actor_rollout_ref.rollout.n"] == "8"
+    assert o["actor_rollout_ref.rollout.multi_turn.max_assistant_turns"] == "20"
+    assert (
+        o["actor_rollout_ref.rollout.name"] == "vllm"
+        and o["actor_rollout_ref.rollout.mode"] == "async"
+    )
+    assert o["actor_rollout_ref.rollout.agent.default_agent_loop"] == "timely_agent"
+    assert o["actor_rollout_ref.rollout.agent.agent_loop_config_path"] == "L"
+    assert o["reward.custom_reward_function.path"] == "R"
+    assert o["reward.custom_reward_function.name"] == "compute_score"
+    assert o["data.return_raw_chat"] == "True"
+    assert o["actor_rollout_ref.rollout.calculate_log_probs"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("loss", "agg", "norm", "clip_high"),
+    [
+        ("grpo", "seq-mean-token-mean", "True", "0.2"),
+        ("dr_grpo", "seq-mean-token-sum-norm", "False", "0.2"),
+        ("dapo", "token-mean", "True", "0.28"),
+    ],
+)
+def test_losses_map_onto_verls_aggregation(loss, agg, norm, clip_high):
+    o = overrides(small_config(loss=loss))
+    assert o["actor_rollout_ref.actor.loss_agg_mode"] == agg
+    assert o["algorithm.norm_adv_by_std_in_grpo"] == norm
+    assert o["actor_rollout_ref.actor.clip_ratio_high"] == clip_high
+
+
+def test_kl_lora_and_passthrough_overrides():
+    config = small_config(beta=0.0).model_copy(
+        update={
+            "verl": small_config().verl.model_copy(
+                update={"lora": True, "overrides": ("trainer.logger=[console,wandb]",)}
+            )
+        }
+    )
+    pairs = verl_overrides(
+        config,
+        train_file="T",
+        val_file="V",
+        agent_loop_config="L",
+        reward_file="R",
+        checkpoint_dir="C",
+    )
+    o = dict(p.split("=", 1) for p in pairs)
+    assert o["actor_rollout_ref.actor.use_kl_loss"] == "False"
+    assert o["actor_rollout_ref.model.lora_rank"] == "16"
+    assert pairs[-1] == "trainer.logger=[console,wandb]"  # appended last: it wins
+
+
+def test_inconsistent_settings_are_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="multiple of verl.ppo_mini_batch_size"):
+        load_config(VerlConfig, None, ["rl.prompts_per_step=5", "verl.ppo_mini_batch_size=2"])
+    with pytest.raises(ValidationError, match=r"no URL for latencies \['constant:1.0'"):
+        VerlConfig.model_validate({"verl": {"tool_servers": {"constant:0.2": "http://h:1"}}})
+
+
+@pytest.mark.parametrize("name", ["verl_qwen3_1p7b.yaml", "verl_qwen3_8b.yaml"])
+def test_shipped_configs_dry_run(name, capsys):
+    path = ROOT / "configs" / "train" / name
+    assert main(["--config", str(path), "--dry-run"]) == 0  # backend: verl in the file
+    text = capsys.readouterr().out
+    command = shlex.split(text.splitlines()[1])
+    assert command[1:3] == ["-m", "verl.trainer.main_ppo"]
+    assert "actor_rollout_ref.rollout.n=8" in command
+    assert "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=20" in command
+    config = load_config(VerlConfig, str(path), [])
+    assert f"actor_rollout_ref.model.path={config.verl.model}" in command
+    assert "_target_: timely.train.verl.agent_loop.TimelyAgentLoop" in text
+
+
+def test_dry_run_applies_overrides_and_rejects_unknown_keys(capsys):
+    path = str(ROOT / "configs" / "train" / "verl_qwen3_1p7b.yaml")
+    assert main(["--config", path, "--dry-run", "rl.group_size=4"]) == 0
+    assert "actor_rollout_ref.rollout.n=4" in capsys.readouterr().out
+    assert main(["--config", path, "--dry-run", "verl.n_gpu=2"]) == 2
+    assert "n_gpus_per_node" in capsys.readouterr().err  # did you mean
+
+
+def test_paths_are_absolute_for_workers_elsewhere(tmp_path):
+    run = plan(small_config(out=str(tmp_path / "r")))
+    assert all(Path(p).is_absolute() for p in (run.train_file, run.agent_loops, run.settings))
