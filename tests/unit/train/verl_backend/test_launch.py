@@ -40,7 +40,7 @@ def test_launch_prepares_the_run_serves_the_tools_and_runs_the_command(tmp_path)
         seen["urls"] = settings.tool_servers
         row = load_dataset("parquet", data_files=str(run.train_file), split="train")[0]
         task, _ = row_task(row["extra_info"])
-        answer = f"Answer: {task.solution().answer}<|im_end|>"
+        answer = f"{task.solution().answer}<|im_end|>"
 
         async def one_rollout():
             url = settings.tool_server(row["extra_info"]["latency"])
