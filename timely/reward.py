@@ -17,7 +17,7 @@ An episode cut off at its budget (no answer) gets 0 under every variant.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,14 +94,19 @@ def compute_reward(
     return cfg.late_credit * base - cfg.overtime_penalty * overtime
 
 
+def outcome(trajectory: Trajectory) -> dict[str, Any]:
+    """What a reward reads from a finished trajectory: the keyword arguments of
+    :func:`compute_reward` (less the config)."""
+    return {
+        "score": trajectory.score,
+        "elapsed_s": trajectory.elapsed_s,
+        "budget_s": trajectory.budget_s,
+        "on_time": trajectory.compliant,
+        "answered": trajectory.end_reason == EndReason.ANSWERED,
+        "formatted": bool(trajectory.metadata.get("formatted", True)),
+    }
+
+
 def trajectory_reward(trajectory: Trajectory, config: RewardConfig | None = None) -> float:
     """Recompute the reward of a finished trajectory (e.g. under another variant)."""
-    return compute_reward(
-        trajectory.score,
-        elapsed_s=trajectory.elapsed_s,
-        budget_s=trajectory.budget_s,
-        on_time=trajectory.compliant,
-        answered=trajectory.end_reason == EndReason.ANSWERED,
-        formatted=bool(trajectory.metadata.get("formatted", True)),
-        config=config,
-    )
+    return compute_reward(**outcome(trajectory), config=config)

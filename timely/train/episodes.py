@@ -23,12 +23,12 @@ from timely.budget import Budget, TimeAwareness
 from timely.clock import SpeedProfile, VirtualClock, speed_profile
 from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import make_policy
-from timely.reward import RewardConfig, compute_reward
+from timely.reward import RewardConfig, compute_reward, outcome
 from timely.task import Task, make_task
 from timely.tool_servers import in_process_app
 from timely.toolclient import ToolBackend, ToolClient
 from timely.train.config import RLConfig
-from timely.types import EndReason, Trajectory
+from timely.types import Trajectory
 
 # "No time limit" is a budget that never binds; the model is told nothing about time.
 NO_LIMIT_S = 1e6
@@ -217,16 +217,7 @@ def rl_reward(
 
 def episode_reward(trajectory: Trajectory, config: RLConfig) -> float:
     """:func:`rl_reward` of a finished trajectory under ``config``."""
-    return rl_reward(
-        trajectory.score,
-        elapsed_s=trajectory.elapsed_s,
-        budget_s=trajectory.budget_s,
-        on_time=trajectory.compliant,
-        answered=trajectory.end_reason == EndReason.ANSWERED,
-        formatted=bool(trajectory.metadata.get("formatted", True)),
-        reward=config.reward,
-        time_reward=config.time_reward,
-    )
+    return rl_reward(**outcome(trajectory), reward=config.reward, time_reward=config.time_reward)
 
 
 def train_task(task_id: str, seed: int) -> Task:

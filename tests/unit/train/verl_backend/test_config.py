@@ -18,8 +18,8 @@ from timely.train.verl.launch import plan
 ROOT = Path(__file__).resolve().parents[4]
 
 
-def overrides(config: VerlConfig) -> dict[str, str]:
-    pairs = verl_overrides(
+def override_list(config: VerlConfig) -> list[str]:
+    return verl_overrides(
         config,
         train_file="T",
         val_file="V",
@@ -27,7 +27,10 @@ def overrides(config: VerlConfig) -> dict[str, str]:
         reward_file="R",
         checkpoint_dir="C",
     )
-    return dict(p.split("=", 1) for p in pairs)
+
+
+def overrides(config: VerlConfig) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in override_list(config))
 
 
 def test_the_paper_recipe_in_verl_names():
@@ -72,14 +75,7 @@ def test_kl_lora_and_passthrough_overrides():
             )
         }
     )
-    pairs = verl_overrides(
-        config,
-        train_file="T",
-        val_file="V",
-        agent_loop_config="L",
-        reward_file="R",
-        checkpoint_dir="C",
-    )
+    pairs = override_list(config)
     o = dict(p.split("=", 1) for p in pairs)
     assert o["actor_rollout_ref.actor.use_kl_loss"] == "False"
     assert o["actor_rollout_ref.model.lora_rank"] == "16"
