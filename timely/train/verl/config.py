@@ -147,6 +147,7 @@ def verl_overrides(
     agent_loop_config: str,
     reward_file: str,
     checkpoint_dir: str,
+    hydra_dir: str | None = None,
 ) -> list[str]:
     """The ``key=value`` overrides of ``python -m verl.trainer.main_ppo`` for ``config``.
 
@@ -214,10 +215,12 @@ def verl_overrides(
         "trainer.logger=[" + ",".join(v.logger) + "]",
         f"trainer.default_local_dir={checkpoint_dir}",
     ]
+    if hydra_dir is not None:  # else Hydra writes outputs/DATE/ wherever verl was started
+        out.append(f"hydra.run.dir={hydra_dir}")
     if v.lora:
         out += [
             f"actor_rollout_ref.model.lora_rank={rl.lora.r}",
             f"actor_rollout_ref.model.lora_alpha={rl.lora.alpha}",
-            "actor_rollout_ref.model.target_modules=all-linear",
+            "actor_rollout_ref.model.target_modules=[" + ",".join(rl.lora.target_modules) + "]",
         ]
     return [*out, *v.overrides]

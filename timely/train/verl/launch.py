@@ -89,6 +89,7 @@ class VerlRun:
                 agent_loop_config=str(self.agent_loops),
                 reward_file=str(Path(reward.__file__).resolve()),
                 checkpoint_dir=str(self.dir / "checkpoints"),
+                hydra_dir=str(self.logs / "hydra"),
             ),
         ]
 
@@ -103,6 +104,10 @@ class VerlRun:
 
 def plan(config: VerlConfig) -> VerlRun:
     """The run of ``config`` (absolute paths: verl's workers run elsewhere)."""
+    model = Path(config.verl.model).expanduser()
+    if model.is_dir():  # a local model directory, not a hub id
+        verl = config.verl.model_copy(update={"model": str(model.resolve())})
+        config = config.model_copy(update={"verl": verl})
     return VerlRun(Path(config.out).resolve(), config)
 
 
@@ -239,9 +244,9 @@ def _check_verl(config: VerlConfig) -> None:
         lines = probe.stderr.strip().splitlines()
         why = lines[-1] if lines else f"exit code {probe.returncode}"
         raise ConfigError(
-            f"{python} cannot import verl ({why}); install "
-            "the GPU environment: pip install -e . -r requirements/verl-gpu.txt (docs/scale.md), "
-            "or point verl.python at an interpreter that has it"
+            f"{python} cannot import verl ({why}); install the GPU environment "
+            "(requirements/verl-gpu.txt; the steps are in docs/scale.md) or point verl.python "
+            "at an interpreter that has it"
         )
 
 
@@ -251,10 +256,25 @@ def _load_tokenizer(model: str) -> Any:
     return AutoTokenizer.from_pretrained(model)
 
 
+# The rl fields the exported rows depend on (changing lr or the loss keeps the data).
+_DATA_FIELDS = {
+    "tasks",
+    "task_options",
+    "budget_multipliers",
+    "no_limit_share",
+    "speed_factor",
+    "latencies",
+    "time_modes",
+    "speed",
+    "calibration",
+    "seed",
+}
+
+
 def _data_key(config: VerlConfig) -> dict[str, Any]:
     v = config.verl
     return {
-        "rl": config_hash(config.rl),
+        "rl": config_hash(config.rl, exclude=set(type(config.rl).model_fields) - _DATA_FIELDS),
         "model": v.model,
         "train_prompts": v.train_prompts,
         "val_prompts": v.val_prompts,

@@ -79,6 +79,7 @@ def test_kl_lora_and_passthrough_overrides():
     o = dict(p.split("=", 1) for p in pairs)
     assert o["actor_rollout_ref.actor.use_kl_loss"] == "False"
     assert o["actor_rollout_ref.model.lora_rank"] == "16"
+    assert o["actor_rollout_ref.model.target_modules"].startswith("[q_proj,k_proj,")
     assert pairs[-1] == "trainer.logger=[console,wandb]"  # appended last: it wins
 
 
@@ -111,6 +112,19 @@ def test_dry_run_applies_overrides_and_rejects_unknown_keys(capsys):
     assert "n_gpus_per_node" in capsys.readouterr().err  # did you mean
 
 
-def test_paths_are_absolute_for_workers_elsewhere(tmp_path):
-    run = plan(small_config(out=str(tmp_path / "r")))
+def test_paths_are_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = small_config(out="r")
+    config = config.model_copy(
+        update={"verl": config.verl.model_copy(update={"model": "models/m"})}
+    )
+    run = plan(config)
     assert all(Path(p).is_absolute() for p in (run.train_file, run.agent_loops, run.settings))
+    assert f"actor_rollout_ref.model.path={tmp_path / 'models' / 'm'}" in run.command
+    hub = plan(
+        small_config(out="r").model_copy(
+            update={"verl": config.verl.model_copy(update={"model": "Qwen/Qwen3-1.7B"})}
+        )
+    )
+    assert "actor_rollout_ref.model.path=Qwen/Qwen3-1.7B" in hub.command  # a hub id as given

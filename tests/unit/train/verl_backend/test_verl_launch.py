@@ -76,9 +76,13 @@ def test_launch_prepares_the_run_serves_the_tools_and_runs_the_command(tmp_path)
             httpx2.get(f"{url}/health", timeout=1, trust_env=False)
     assert any("exporting" in line for line in lines)
 
-    # The same command again reuses the data (a killed run continues where it stopped).
+    assert f"hydra.run.dir={run.logs / 'hydra'}" in seen["command"]  # no outputs/ in the cwd
+
+    # The same command again reuses the data (a killed run continues where it stopped), and so
+    # does one that changes only how it trains.
     before = run.train_file.stat().st_mtime_ns
     lines.clear()
+    config = config.model_copy(update={"rl": config.rl.model_copy(update={"lr": 1e-3})})
     assert launch(config, tokenizer=tok, runner=lambda c, log: 3, say=lines.append) == 3
     assert run.train_file.stat().st_mtime_ns == before
     assert any("reusing the exported data" in line for line in lines)
