@@ -73,7 +73,7 @@ def train_main(argv: list[str]) -> int:
         "GPUs (default when the config says backend: verl; see docs/scale.md).",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may sit between overrides
     console = Console(stderr=True)
     from timely.config import dump_yaml, load_config
     from timely.train.config import TrainConfig
