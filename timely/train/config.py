@@ -186,8 +186,14 @@ class RLConfig(_Frozen):
         "(virtual clock): the rollouts of a group share prompt and budget but not the clock, "
         "so the policy must read the clock rather than count turns.",
     )
-    latencies: tuple[str, ...] = Field(("constant:0.2", "constant:1.0", "lognormal:2.0,0.5"))
-    time_modes: tuple[Literal["push", "pull", "both"], ...] = Field(("push", "pull", "both"))
+    latencies: tuple[str, ...] = Field(
+        ("constant:0.2", "constant:1.0", "lognormal:2.0,0.5"),
+        description="Tool latency specs; each prompt draws one (its group shares it).",
+    )
+    time_modes: tuple[Literal["push", "pull", "both"], ...] = Field(
+        ("push", "pull", "both"),
+        description="How the time status reaches the model; each prompt draws one.",
+    )
     speed: str = Field("smollm2-cpu", description="Base speed profile of the virtual clock.")
     clock: Literal["virtual", "wall"] = Field("virtual", description="Rollout clock.")
     reward: RewardConfig = Field(
@@ -209,7 +215,17 @@ class RLConfig(_Frozen):
     max_turns: int = Field(8, ge=1, description="Model turns per rollout.")
     max_new_tokens: int = Field(96, ge=1, description="Tokens per model turn.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus threshold of rollouts (1: the full distribution)."
+    )
+    rollout_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Precision rollouts are sampled in. fp32: the recorded sampling log-probs "
+        "are the trainer's own and serve as the old policy. bf16: autocast decoding (faster on "
+        "a CPU with native bf16); the trainer then recomputes the old log-probs in fp32 before "
+        "the update, so the first update's ratio is exactly 1, and logs the rollout-vs-trainer "
+        "gap (rollout_logprob_diff_mean / _max).",
+    )
     lora: LoraSettings = Field(
         default_factory=LoraSettings,
         description="LoRA settings of a fresh adapter (no init); an init adapter keeps its own.",
@@ -239,7 +255,7 @@ class RLConfig(_Frozen):
     beta: float = Field(0.0, ge=0, description="KL weight to the reference (k3); 0: off.")
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
     save_every: int = Field(5, ge=1, description="Checkpoint every N batches.")
-    seed: int = Field(0)
+    seed: int = Field(0, description="Seeds the data order, settings, adapter and sampling.")
 
 
 class EvalStageConfig(_Frozen):

@@ -99,11 +99,13 @@ from timely.train.episodes import (
 )
 from timely.train.experts import tokenized_calibrator
 from timely.train.objective import (
+    ROLLOUT_MISMATCH_FIELDS,
     Sample,
     build_batch,
     group_advantages,
     policy_step,
     with_reference_logprobs,
+    with_trainer_logprobs,
 )
 from timely.train.rl_record import (
     CURVES_FILE,
@@ -117,6 +119,7 @@ from timely.train.rl_record import (
     truncate_jsonl,
     write_rollouts,
 )
+from timely.train.throughput import engine_stats, rollout_throughput
 from timely.train.view import ViewForm, training_view
 from timely.types import Completion, Message, Trajectory
 
@@ -196,14 +199,22 @@ async def _train(
         progress = stack.enter_context(Progress(done, config.steps))
         for step in range(done + 1, config.steps + 1):
             started = wall_seconds()
-            groups = await rollout_batch(step, net, tokenizer, pool, data_rng, config)
+            policy = rollout_policy(net, tokenizer, step, config)
+            groups = await rollout_batch(
+                step, net, tokenizer, pool, data_rng, config, policy=policy
+            )
             rolled = wall_seconds()
+            played = [g.trajectories for g in groups]
+            throughput = rollout_throughput(played, rolled - started, engine_stats(policy))
 
             rewards = np.array(
                 [[episode_reward(t, config) for t in g.trajectories] for g in groups]
             )
             advantages = group_advantages(rewards, config.loss)
             samples, forms = batch_samples(groups, advantages, config)
+            mismatch: dict[str, float | None] = dict.fromkeys(ROLLOUT_MISMATCH_FIELDS)
+            if config.rollout_precision != "fp32" and samples:  # old log-probs in our precision
+                samples, mismatch = with_trainer_logprobs(net, samples, config, pad_id)
             if config.beta > 0 and samples:
                 with reference_policy(model):
                     samples = with_reference_logprobs(net, samples, config, pad_id)
@@ -220,6 +231,8 @@ async def _train(
 
             row = batch_metrics(step, groups, rewards, forms, samples, updates, timing)
             row["lr"] = lr
+            row.update(mismatch)
+            row.update({f"rollout_{k}": v for k, v in throughput.items() if k not in row})
             check_ratio(row, progress)
             append_jsonl(run_dir / METRICS_FILE, [row])
             write_rollouts(run_dir, step, groups, rewards, advantages)
@@ -253,6 +266,8 @@ async def rollout_batch(
     pool: ToolPool,
     rng: np.random.Generator,
     config: RLConfig,
+    *,
+    policy: HFPolicy | None = None,
 ) -> list[Group]:
     """Draw ``prompts_per_step`` instances and settings, play ``group_size`` rollouts of each.
 
@@ -267,6 +282,8 @@ async def rollout_batch(
         pool: tool servers by latency.
         rng: the run's data Generator (advanced here).
         config: the RL config.
+        policy: the rollout policy (default :func:`rollout_policy`); pass one to read its
+            engine counters afterwards.
     """
     n_prompts, size = config.prompts_per_step, config.group_size
     groups = []
@@ -289,16 +306,8 @@ async def rollout_batch(
         factors = [log_uniform(rng, low, high) if low < high else low for _ in range(size)]
         groups.append(Group(task_id, seed, setting, factors))
 
-    policy = HFPolicy(
-        model,
-        tokenizer,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=derive_seed(config.seed, "rollout", step),
-        max_batch_size=n_prompts * size,
-        name="timely-rl",
-    )
+    if policy is None:
+        policy = rollout_policy(model, tokenizer, step, config)
     lockstep = _Lockstep(policy, n_prompts * size) if config.clock == "virtual" else None
 
     async def play(index: int, group: Group, sample: int) -> Trajectory:
@@ -328,6 +337,26 @@ async def rollout_batch(
     for g, group in enumerate(groups):
         group.trajectories = list(trajectories[g * size : (g + 1) * size])
     return groups
+
+
+def rollout_policy(
+    model: Any, tokenizer: Any, step: int, config: RLConfig, **engine: Any
+) -> HFPolicy:
+    """The policy batch ``step`` samples from: seeded per step, the whole batch in one call,
+    in ``config.rollout_precision``. ``engine`` passes further HFPolicy options (the rollout
+    benchmark sets ``kv_reuse``)."""
+    return HFPolicy(
+        model,
+        tokenizer,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=derive_seed(config.seed, "rollout", step),
+        max_batch_size=config.prompts_per_step * config.group_size,
+        name="timely-rl",
+        precision=config.rollout_precision,
+        **engine,
+    )
 
 
 def instance(task_id: str, seed: int, config: RLConfig) -> Task:

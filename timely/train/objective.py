@@ -11,7 +11,8 @@ reference):
 
 * advantages per group, ``(r - mean) / (std + eps)`` with the unbiased std and ``eps = 1e-4``
   (grpo, dapo) or ``r - mean`` (dr_grpo); an all-equal group gets exactly 0;
-* the ratio is ``exp(new - old)`` against the **recorded** sampling log-probs, the loss
+* the ratio is ``exp(new - old)`` against the **recorded** sampling log-probs (bf16 rollouts:
+  against the trainer's own recompute, :func:`with_trainer_logprobs`), the loss
   ``-min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A)`` per sampled token, log-ratios
   clamped to +-20, plus ``beta`` times the k3 KL ``exp(ref - new) - (ref - new) - 1``;
 * log-probs are ``log_softmax(logits / temperature)`` at the sampled id, the sampler's own
@@ -39,6 +40,8 @@ from timely.train.config import RLConfig
 
 ADV_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a separate pass
+# The rollout-vs-trainer log-prob gap :func:`with_trainer_logprobs` measures (bf16 rollouts).
+ROLLOUT_MISMATCH_FIELDS = ("rollout_logprob_diff_mean", "rollout_logprob_diff_max")
 
 
 def group_advantages(rewards: np.ndarray, loss: str, eps: float = ADV_EPS) -> np.ndarray:
@@ -378,3 +381,44 @@ def with_reference_logprobs(
             for s, values in zip(chunk, flat.split([s.n_tokens for s in chunk]), strict=True):
                 out[index[id(s)]] = dataclasses.replace(s, ref_logprobs=values.tolist())
     return [out[i] for i in range(len(samples))]
+
+
+def with_trainer_logprobs(
+    model: Any, samples: Sequence[Sample], config: RLConfig, pad_id: int = 0
+) -> tuple[list[Sample], dict[str, float | None]]:
+    """The samples with ``old_logprobs`` recomputed by the trainer, and how far the rollout's were.
+
+    bf16 rollouts sample under bf16 autocast, so their recorded log-probs differ from what the
+    fp32 trainer computes for the same weights; taking them as the "old" policy would make the
+    importance ratio of the first update wander from 1 for reasons that are not learning. As verl
+    does, the old log-probs are then recomputed before the update, without gradients, in the
+    trainer's precision and with the same micro-batches and forward as :func:`policy_step`, so
+    the first update's ratio is exactly 1. The gap between the two records is the rollout
+    mismatch, worth watching (a large one means the sampler's distribution is not the one being
+    trained). fp32 rollouts skip this: their recorded log-probs are already the trainer's.
+
+    Returns:
+        ``(samples, metrics)``: ``metrics`` has ``rollout_logprob_diff_mean`` and
+        ``rollout_logprob_diff_max``, mean and max ``|recorded - recomputed|`` over the sampled
+        tokens (None for an empty batch).
+    """
+    out: dict[int, Sample] = {}
+    index = {id(s): i for i, s in enumerate(samples)}
+    total, count, worst = 0.0, 0, 0.0
+    model.train()  # the mode policy_step computes the new log-probs in
+    with torch.no_grad():
+        for chunk in _micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens):
+            flat, _ = sample_logprobs(model, chunk, config.temperature, pad_id=pad_id)
+            for s, values in zip(chunk, flat.split([s.n_tokens for s in chunk]), strict=True):
+                recorded = torch.tensor(
+                    [lp for lp, m in zip(s.old_logprobs, s.mask, strict=True) if m]
+                )
+                gap = (recorded - values).abs()
+                total, count = total + float(gap.sum()), count + gap.numel()
+                worst = max(worst, float(gap.max())) if gap.numel() else worst
+                it = iter(values.tolist())
+                old = [next(it) if m else 0.0 for m in s.mask]
+                out[index[id(s)]] = dataclasses.replace(s, old_logprobs=old)
+    mean, most = (total / count, worst) if count else (None, None)
+    metrics = dict(zip(ROLLOUT_MISMATCH_FIELDS, (mean, most), strict=True))
+    return [out[i] for i in range(len(samples))], metrics

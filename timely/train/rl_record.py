@@ -33,6 +33,7 @@ RUN_FILE = "rl-run.json"
 # Metrics that measure the machine, not the training: they differ between identical runs.
 TIMING_FIELDS = frozenset(
     {"rollout_s", "update_s", "batch_s", "episodes_per_s", "gen_tokens_per_s", "peak_rss_mb"}
+    | {"rollout_processed_tokens_per_s"}
 )
 
 
