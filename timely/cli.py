@@ -114,6 +114,7 @@ def run(
     """Play episodes of a task with a policy, print a trace, write trajectories.jsonl."""
     from timely.config import RunConfig, load_config
     from timely.run import run as run_episodes
+    from timely.runrecord import TRAJECTORIES
     from timely.trace import print_trace, summary_table
 
     flags = _flag_overrides(
@@ -158,7 +159,7 @@ def run(
     result = asyncio.run(run_episodes(cfg, on_episode=show, observer=observer))
     if len(result.trajectories) > 1:
         console.print(summary_table(result.trajectories))
-    console.print(f"wrote {result.run_dir / 'trajectories.jsonl'}")
+    console.print(f"wrote {result.run_dir / TRAJECTORIES}")
 
 
 @app.command()

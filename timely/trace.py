@@ -1,8 +1,8 @@
 """Readable traces of trajectories in the terminal (rich), and picking which to show.
 
 :class:`TraceFilter` is what ``timely show RUN --task … --outcome …`` narrows a run by; the
-outcome of an episode (:func:`outcome`) uses the dashboard's vocabulary, so a filter means the
-same in the terminal and on the page.
+outcome of an episode is the run record's (:func:`timely.runrecord.outcome`), the vocabulary the
+dashboard uses too, so a filter means the same in the terminal and on the page.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from timely.errors import ConfigError
-from timely.types import EndReason, Trajectory, iter_jsonl
+from timely.runrecord import outcome, parse_outcome, read_run
+from timely.types import Trajectory
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -144,31 +145,6 @@ def live_line(seed: int, event: Any) -> str | None:
 
 # ---- picking episodes ------------------------------------------------------------------------
 
-# Episode outcomes, in display order: `timely show` filters by them, the dashboard lists them.
-OUTCOMES: dict[str, str] = {
-    "on_time": "answered on time",
-    "wrong": "answered on time, wrong (score 0)",
-    "late": "answered after the budget",
-    "cut_off": "cut off at the budget",
-    "no_answer": "turn limit reached without an answer",
-    "failed": "failed (model or tool server error)",
-}
-# What people type: `ok` is the issue's word for on time, and dashes read like the CLI's flags.
-OUTCOME_ALIASES = {"ok": "on_time", "cutoff": "cut_off", "error": "failed"}
-
-
-def outcome(traj: Trajectory) -> str:
-    """The episode's outcome, one of :data:`OUTCOMES`."""
-    if traj.end_reason == EndReason.ANSWERED:
-        if not traj.compliant:
-            return "late"  # only an overrun="late" budget keeps an answer past the budget
-        return "on_time" if traj.score > 0 else "wrong"
-    if traj.end_reason == EndReason.BUDGET_EXHAUSTED:
-        return "cut_off"
-    if traj.end_reason == EndReason.MAX_TURNS:
-        return "no_answer"
-    return "failed"
-
 
 def _label(traj: Trajectory) -> str:
     return str(traj.metadata.get("label") or traj.policy)
@@ -204,7 +180,7 @@ class TraceFilter:
         latencies: latency specs (``constant:0.2``), globs, or seconds of a constant latency
             (``0.2`` or ``0.2s``).
         budgets: budget labels as the leaderboard shows them (``30s``, ``1x``) or seconds.
-        outcomes: names in :data:`OUTCOMES` (or ``ok``, ``cut-off``…).
+        outcomes: names in :data:`~timely.runrecord.OUTCOMES` (or ``ok``, ``cut-off``…).
     """
 
     tasks: tuple[str, ...] = ()
@@ -228,23 +204,15 @@ class TraceFilter:
         """A filter from repeated (or comma-separated) command-line values.
 
         Raises:
-            ConfigError: an outcome is not one of :data:`OUTCOMES`.
+            ConfigError: an outcome is not one of :data:`~timely.runrecord.OUTCOMES`.
         """
-        names = []
-        for raw in _split(outcomes):
-            name = raw.lower().replace("-", "_")
-            name = OUTCOME_ALIASES.get(name, name)
-            if name not in OUTCOMES:
-                known = ", ".join([*OUTCOMES, *OUTCOME_ALIASES])
-                raise ConfigError(f"unknown outcome {raw!r}; use one of {known}")
-            names.append(name)
         return cls(
             tasks=_split(tasks),
             policies=_split(policies),
             seeds=tuple(seeds or ()),
             latencies=_split(latencies),
             budgets=_split(budgets),
-            outcomes=tuple(names),
+            outcomes=tuple(parse_outcome(raw).value for raw in _split(outcomes)),
         )
 
     def __bool__(self) -> bool:
@@ -310,34 +278,6 @@ def _budget_matches(traj: Trajectory, pattern: str) -> bool:
     return seconds is not None and abs(traj.budget_s - seconds) < 1e-9
 
 
-def read_run(path: str | Path) -> list[Trajectory]:
-    """The episodes of a run directory (or a trajectories JSONL), each episode key once.
-
-    Eval runs key their records (``metadata['key']``); a record repeated after a resume is the
-    same episode and is shown once. Records without a key (``timely run``) are all kept.
-
-    Raises:
-        ConfigError: there is no trajectories file at ``path``.
-    """
-    path = Path(path)
-    file = path / "trajectories.jsonl" if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(
-            f"{path} holds no trajectories.jsonl; give a directory written by `timely run` or "
-            "`timely eval`, or a trajectories JSONL file"
-        )
-    seen: set[str] = set()
-    out = []
-    for traj in iter_jsonl(file):
-        key = traj.metadata.get("key")
-        if isinstance(key, str):
-            if key in seen:
-                continue
-            seen.add(key)
-        out.append(traj)
-    return out
-
-
 def what_is_there(trajs: Sequence[Trajectory]) -> str:
     """The values a run holds, for a filter that matched nothing."""
 
@@ -392,7 +332,7 @@ def show_run(
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
-    trajs = read_run(path)
+    trajs = read_run(path, calibration=True)  # show what the file holds
     picked = sorted(
         (t for t in trajs if trace_filter.matches(t)),
         key=lambda t: (t.task_id, _label(t), t.latency, t.budget_s, t.seed, t.sample),

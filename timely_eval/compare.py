@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from timely.errors import ConfigError
-from timely.trace import read_run
+from timely.runrecord import read_run
 from timely.types import Trajectory
 from timely_eval.leaderboard import TEMPLATES, _md_table, latency_short
 from timely_eval.metrics import FIELDS, on_time_score
@@ -45,10 +45,6 @@ def _pair_key(t: Trajectory) -> tuple[Any, ...]:
         FIELDS["budget"](t),
         t.sample,
     )
-
-
-def _episodes(path: str | Path) -> list[Trajectory]:
-    return [t for t in read_run(path) if t.metadata.get("phase") != "calibration"]
 
 
 def _values(trajs: Sequence[Trajectory], field: str) -> list[str]:
@@ -133,7 +129,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: a path is not a run, or the runs share no policy or no episode.
     """
-    a, b = _episodes(run_a), _episodes(run_b)
+    a, b = read_run(run_a), read_run(run_b)
     for path, trajs in ((run_a, a), (run_b, b)):
         if not trajs:
             raise ConfigError(f"{path} holds no episodes to compare")

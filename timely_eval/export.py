@@ -26,7 +26,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from timely.errors import ConfigError
-from timely.trace import outcome, read_run
+from timely.runrecord import outcome, read_run, trajectories_file
 from timely.types import Step, Trajectory
 from timely_eval.metrics import FIELDS, on_time_score
 
@@ -170,7 +170,7 @@ def episode_row(traj: Trajectory, run: str, index: int) -> dict[str, Any]:
         "clock": traj.clock,
         "budget_s": traj.budget_s,
         "overrun": traj.overrun,
-        "outcome": outcome(traj),
+        "outcome": outcome(traj).value,
         "end_reason": str(traj.end_reason),
         "final_answer": traj.final_answer,
         "target": traj.target,
@@ -226,14 +226,13 @@ def trajectory_row(traj: Trajectory, run: str, index: int) -> dict[str, Any]:
 
 
 def run_tables(path: str | Path) -> dict[str, pa.Table]:
-    """The ``episodes`` and ``trajectories`` tables of a run directory (or trajectories JSONL).
+    """The ``episodes`` and ``trajectories`` tables of a run directory (or its trajectories file).
 
     Raises:
         ConfigError: the path holds no trajectories, or none but calibration episodes.
     """
-    path = Path(path)
-    run = (path if path.is_dir() else path.parent).resolve().name
-    trajs = [t for t in read_run(path) if t.metadata.get("phase") != "calibration"]
+    run = trajectories_file(path).parent.resolve().name
+    trajs = read_run(path)
     if not trajs:
         raise ConfigError(f"{path} holds no episodes to export")
     return {

@@ -1,10 +1,11 @@
 """``timely leaderboard``: turn run directories into a readable, comparable report.
 
-Reads ``trajectories.jsonl`` of one or more runs (never their summaries, so a report cannot be
-stale), merges them, and writes into ``--out``: ``leaderboard.md`` (one section per task family,
-lm-eval / BFCL style: score with its confidence interval next to compliance and latency
-columns), a self-contained ``leaderboard.html`` (inline CSS, click-to-sort columns, plots
-embedded), ``results.json`` (every number of the report) and the plots of :mod:`plots`.
+Reads the trajectories of one or more runs through :mod:`timely.runrecord` (never their
+summaries, so a report cannot be stale), merges them, and writes into ``--out``:
+``leaderboard.md`` (one section per task family, lm-eval / BFCL style: score with its confidence
+interval next to compliance and latency columns), a self-contained ``leaderboard.html`` (inline
+CSS, click-to-sort columns, plots embedded), ``results.json`` (every number of the report) and
+the plots of :mod:`plots`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from timely.errors import ConfigError
 from timely.rng import make_rng
+from timely.runrecord import episode_key, read_manifest, read_run, trajectories_file
 from timely.types import Trajectory
 from timely_eval.metrics import aggregate
 from timely_eval.plan import budget_sort_key
@@ -39,28 +41,18 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory's eval trajectories (deduplicated by episode key).
+    """Read a run directory's eval episodes (each episode key once, calibration left out).
 
     Raises:
-        ConfigError: the directory holds no ``trajectories.jsonl``.
+        ConfigError: ``path`` is not a run directory (the message says what to pass).
     """
-    from timely_eval.episodes import EpisodeLog
-    from timely_eval.runner import TRAJECTORIES
-
-    path = Path(path)
-    file = path / TRAJECTORIES if path.is_dir() else path
-    if not file.exists():
-        raise ConfigError(
-            f"{path} is not a Timely-Eval run directory (no {TRAJECTORIES}); "
-            "create one with `timely eval --suite smoke --out runs/NAME`"
-        )
-    run_dir = file.parent
-    manifest_file = run_dir / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    trajs = [
-        t for t in EpisodeLog(file).records.values() if t.metadata.get("phase") != "calibration"
-    ]
-    return Run(name=run_dir.name, path=run_dir, manifest=manifest, trajectories=trajs)
+    file = trajectories_file(path)
+    return Run(
+        name=file.parent.name,
+        path=file.parent,
+        manifest=read_manifest(file.parent),
+        trajectories=read_run(file),
+    )
 
 
 def merge_runs(runs: list[Run]) -> list[Trajectory]:
@@ -73,10 +65,11 @@ def merge_runs(runs: list[Run]) -> list[Trajectory]:
     out: list[Trajectory] = []
     for run in runs:
         for t in run.trajectories:
-            key = str(t.metadata.get("key", id(t)))
-            if key in seen_keys:
-                continue
-            seen_keys.add(key)
+            key = episode_key(t.metadata)
+            if key is not None:
+                if key in seen_keys:
+                    continue
+                seen_keys.add(key)
             label = str(t.metadata.get("label", t.policy))
             first = label_fp.setdefault(label, t.config_hash)
             if first != t.config_hash:
@@ -121,7 +114,7 @@ def report_from_runs(paths: list[str | Path | Run]) -> dict[str, Any]:
     """Every number of a leaderboard, as one JSON-safe dict.
 
     Args:
-        paths: run directories (or their trajectories.jsonl files), or runs already loaded.
+        paths: run directories (or their trajectories files), or runs already loaded.
     """
     if not paths:
         raise ConfigError("give at least one run directory")

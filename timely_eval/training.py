@@ -20,9 +20,9 @@ import numpy as np
 import yaml
 from rich.console import Console
 
+from timely.runrecord import TRAJECTORIES, read_run
 from timely.train.config import EvalStageConfig
 from timely.types import Trajectory
-from timely_eval.episodes import EpisodeLog
 from timely_eval.metrics import aggregate, mean_ci, on_time_score
 from timely_eval.suite import family_of
 
@@ -95,14 +95,10 @@ def evaluate_policies(
     return write_results(out)
 
 
-def _records(run_dir: Path) -> list[Trajectory]:
-    return list(EpisodeLog(run_dir / "trajectories.jsonl").records.values())
-
-
 def write_results(out: str | Path, *, title: str = "Timely-RL on the embedded model") -> Path:
     """``results.md`` and ``figure3.png`` from the eval run under ``out/run``."""
     out = Path(out)
-    trajs = _records(out / RUN)
+    trajs = read_run(out / RUN) if (out / RUN / TRAJECTORIES).is_file() else []
     if not trajs:
         raise FileNotFoundError(f"no eval trajectories under {out / RUN}; run the eval first")
     rows = aggregate(trajs, ("policy", "family", "budget", "latency"))

@@ -1,6 +1,9 @@
 """Prometheus metrics of the agent endpoint (``GET /metrics``), all prefixed ``timely_``.
 
 Each app has its own registry, so two apps in one process (tests) never share counters.
+A finished run's ``outcome`` label is the run record's (:func:`timely.runrecord.outcome`:
+on_time, wrong, late, cut_off, no_answer, failed), the words ``timely show`` and the dashboard
+filter by; a run that ended without a trajectory counts as ``cancelled`` or ``failed``.
 Compliance is ``timely_runs_compliant_total / timely_runs_total`` in PromQL.
 """
 
@@ -8,7 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from timely.types import EndReason, Trajectory
+from timely.runrecord import outcome
+from timely.types import Trajectory
 
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 _OVERSHOOT = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -55,7 +59,7 @@ class ServeMetrics:
         )
 
     def finished(self, api: str, traj: Trajectory, wall_s: float) -> None:
-        self.runs.labels(api, outcome(traj)).inc()
+        self.runs.labels(api, outcome(traj).value).inc()
         if traj.compliant:
             self.compliant.labels(api).inc()
         self.latency.labels(api).observe(wall_s)
@@ -66,14 +70,3 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def outcome(traj: Trajectory) -> str:
-    """answered (on time), late, cut_off, max_turns, failed."""
-    if traj.end_reason == EndReason.ANSWERED:
-        return "answered" if traj.compliant else "late"
-    if traj.end_reason == EndReason.BUDGET_EXHAUSTED:
-        return "cut_off"
-    if traj.end_reason == EndReason.MAX_TURNS:
-        return "max_turns"
-    return "failed"

@@ -5,7 +5,8 @@ an asyncio task on a wall clock. Its step events (:mod:`timely.events`) are kept
 to whoever streams them; its end is an :class:`asyncio.Event`, so waiters never await the task
 itself (a cancelled task would raise into them). The manager enforces the concurrency limit,
 keeps the last ``keep_runs`` finished runs for ``GET /v1/runs/{id}``, appends every finished
-trajectory to ``OUT/trajectories.jsonl`` and feeds the metrics.
+trajectory to the run record in ``OUT`` (:class:`~timely.runrecord.EpisodeLog`, keyed by the
+run id) and feeds the metrics.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from timely.budget import Budget
 from timely.clock import WallClock, wall_seconds
 from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import Policy
+from timely.runrecord import TRAJECTORIES, EpisodeLog
 from timely.serve.config import ServeConfig
 from timely.serve.errors import ServeError
 from timely.serve.metrics import ServeMetrics
 from timely.serve.schemas import RunStatus, RunSummary
 from timely.task import Task
 from timely.toolclient import ToolBackend
-from timely.types import Trajectory, write_jsonl
+from timely.types import Trajectory
 
 log = logging.getLogger("timely.serve")
 
@@ -125,7 +127,10 @@ class RunManager:
         self.policy, self.tools, self.config, self.metrics = policy, tools, config, metrics
         self.runs: OrderedDict[str, Run] = OrderedDict()
         self.in_flight = 0
-        self.out = Path(config.out) / "trajectories.jsonl" if config.out else None
+        # Run ids are unique: nothing to resume or deduplicate, so the old records are not read.
+        self.record = (
+            EpisodeLog(Path(config.out) / TRAJECTORIES, load=False) if config.out else None
+        )
 
     def start(self, api: Api, task: Task, budget: Budget, *, max_turns: int | None) -> Run:
         """Start a run now, or refuse with 429 when ``max_concurrent_runs`` are in flight."""
@@ -178,6 +183,8 @@ class RunManager:
         for job in jobs:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
+        if self.record is not None:
+            self.record.close()
 
     def _options(self, max_turns: int | None) -> EpisodeOptions:
         turns = min(max_turns or self.config.max_turns, self.config.max_turns)
@@ -200,8 +207,8 @@ class RunManager:
             traj.metadata["run_id"] = run.id
             run.trajectory, run.status = traj, "done"
             self.metrics.finished(run.api, traj, wall_seconds() - run.started)
-            if self.out is not None:
-                await asyncio.to_thread(write_jsonl, self.out, [traj])
+            if self.record is not None:
+                await asyncio.to_thread(self.record.append, traj)
         except asyncio.CancelledError:
             run.status, run.error = "cancelled", "cancelled by the client"
             self.metrics.runs.labels(run.api, "cancelled").inc()

@@ -10,7 +10,8 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from timely.types import EndReason, iter_jsonl
+from timely.runrecord import TRAJECTORIES, read_run
+from timely.types import EndReason
 
 BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("0.5-0.75x", 0.0, 0.75),
@@ -29,12 +30,12 @@ def budget_bucket(multiplier: float | None) -> str:
 
 def write_card(dataset_dir: str | Path, build: dict[str, Any]) -> Path:
     """Write ``README.md`` for the dataset in ``dataset_dir`` (``build``: what build.json says)."""
-    from timely.train.data import TRAJECTORIES, load_sft_dataset
+    from timely.train.data import load_sft_dataset
 
     out = Path(dataset_dir)
     rows = load_sft_dataset(out).remove_columns(["messages", "tools", "input_ids", "loss_mask"])
     table = rows.to_list()
-    played = list(iter_jsonl(out / TRAJECTORIES)) if (out / TRAJECTORIES).is_file() else []
+    played = read_run(out, calibration=True) if (out / TRAJECTORIES).is_file() else []
     config = (out / "config.yaml").read_text() if (out / "config.yaml").is_file() else ""
     path = out / "README.md"
     path.write_text(_card(table, played, config, build), encoding="utf-8")

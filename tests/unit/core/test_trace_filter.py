@@ -1,15 +1,17 @@
-"""`timely show` filters (timely.trace): outcomes, matching rules, reading a run, errors."""
+"""`timely show` filters (timely.trace): matching rules, showing a run, errors.
+
+Outcomes and reading a run are the run record's: tests/unit/core/test_runrecord.py.
+"""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 from rich.console import Console
 
 from timely.errors import ConfigError
-from timely.trace import OUTCOMES, TraceFilter, outcome, read_run, show_run
-from timely.types import EndReason, Message, Trajectory, write_jsonl
+from timely.runrecord import TRAJECTORIES, append_trajectories
+from timely.trace import TraceFilter, show_run
+from timely.types import EndReason, Message, Trajectory
 
 
 def _traj(
@@ -36,32 +38,13 @@ def _traj(
         clock="virtual",
         budget_s=budget_s,
         latency=latency,
+        target="42",
         messages=[Message(role="user", content="q")],
         end_reason=end,
         compliant=compliant,
         score=score,
         metadata=meta,
     )
-
-
-def test_outcomes_follow_end_reason_compliance_and_score():
-    assert outcome(_traj()) == "on_time"
-    assert outcome(_traj(score=0.0)) == "wrong"
-    assert outcome(_traj(compliant=False)) == "late"
-    assert outcome(_traj(end=EndReason.BUDGET_EXHAUSTED, compliant=False)) == "cut_off"
-    assert outcome(_traj(end=EndReason.MAX_TURNS, compliant=False)) == "no_answer"
-    assert outcome(_traj(end=EndReason.POLICY_ERROR, compliant=False)) == "failed"
-    assert outcome(_traj(end=EndReason.TOOL_SERVER_ERROR, compliant=False)) == "failed"
-
-
-def test_outcomes_agree_with_the_dashboard():
-    from timely.serve.dashboard.records import OUTCOMES as PAGE
-    from timely.serve.dashboard.records import outcome_of
-
-    assert OUTCOMES == PAGE
-    for end, compliant, score in itertools.product(EndReason, (True, False), (0.0, 0.5, 1.0)):
-        t = _traj(end=end, compliant=compliant, score=score)
-        assert outcome(t) == outcome_of(str(end), compliant, score)
 
 
 def test_each_field_narrows_and_values_within_a_field_are_alternatives():
@@ -96,15 +79,8 @@ def test_an_unknown_outcome_is_refused_with_the_known_ones():
     assert TraceFilter.build(outcomes=["Cut-Off"]).outcomes == ("cut_off",)
 
 
-def test_read_run_keeps_one_record_per_episode_key(tmp_path):
-    write_jsonl(tmp_path / "trajectories.jsonl", [_traj(key="a"), _traj(key="a"), _traj(seed=1)])
-    assert len(read_run(tmp_path)) == 2
-    with pytest.raises(ConfigError, match="no trajectories.jsonl"):
-        read_run(tmp_path / "missing")
-
-
 def test_show_run_prints_matches_and_explains_an_empty_match(tmp_path):
-    write_jsonl(tmp_path / "trajectories.jsonl", [_traj(seed=s) for s in range(3)])
+    append_trajectories(tmp_path / TRAJECTORIES, [_traj(seed=s) for s in range(3)])
     console = Console(record=True, width=160)
     n = show_run(tmp_path, TraceFilter.build(seeds=[1, 2]), console, limit=1, as_list=True)
     text = console.export_text()

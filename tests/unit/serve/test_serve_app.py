@@ -294,7 +294,8 @@ async def test_models_health_and_metrics():
         "timely_run_overshoot_seconds",
     ):
         assert name in metrics
-    assert 'timely_runs_total{api="chat",outcome="answered"} 1.0' in metrics
+    # The run record's outcome vocabulary (timely.runrecord), the words `timely show` uses.
+    assert 'timely_runs_total{api="chat",outcome="on_time"} 1.0' in metrics
 
 
 async def test_finished_runs_are_appended_to_the_run_directory(tmp_path):

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from timely.errors import ConfigError
+from timely.runrecord import OUTCOMES, RESULTS, TRAJECTORIES
 from timely.serve.dashboard import records
 from timely.serve.dashboard.sources import Source, Sources
 from timely.serve.errors import error_response, install_error_handlers
@@ -88,7 +89,7 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
             }
             facets["outcome"] = [
                 {"value": k, "label": label, "count": sum(r["outcome"] == k for r in rows)}
-                for k, label in records.OUTCOMES.items()
+                for k, label in OUTCOMES.items()
             ]
             body = {
                 "dirs": [str(d) for d in sources.dirs],
@@ -136,11 +137,9 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
                 f"unknown query parameter(s) {unknown}; use {[*FILTERS, 'offset', 'limit']}"
             )
         wanted = {k: set(query[k].split(",")) for k in FILTERS if query.get(k)}
-        bad = wanted.get("outcome", set()) - set(records.OUTCOMES)
+        bad = wanted.get("outcome", set()) - set(OUTCOMES)
         if bad:
-            return _bad(
-                f"unknown outcome(s) {sorted(bad)}; use {list(records.OUTCOMES)}", "outcome"
-            )
+            return _bad(f"unknown outcome(s) {sorted(bad)}; use {list(OUTCOMES)}", "outcome")
         try:
             offset = _int(query.get("offset"), 0, "offset")
             limit = min(_int(query.get("limit"), DEFAULT_LIMIT, "limit"), MAX_LIMIT)
@@ -150,7 +149,7 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
             rows = [row for s in sources.refresh() for row in _rows(s)]
             others = {k: v for k, v in wanted.items() if k != "outcome"}
             pool = [r for r in rows if _matches(r, others)]
-            counts = {k: sum(r["outcome"] == k for r in pool) for k in records.OUTCOMES}
+            counts = {k: sum(r["outcome"] == k for r in pool) for k in OUTCOMES}
             hits = [r for r in pool if _matches(r, wanted)]
         body = {
             "total": len(hits),
@@ -204,8 +203,8 @@ def check_dirs(dirs: list[Path]) -> list[Source]:
     found = Sources([Path(d) for d in dirs]).refresh()
     if not found:
         raise ConfigError(
-            f"nothing to show in {', '.join(str(d) for d in dirs)}: no trajectories.jsonl or "
-            "results.json there or up to two levels below; make a run with `timely eval --suite "
+            f"nothing to show in {', '.join(str(d) for d in dirs)}: no {TRAJECTORIES} or "
+            f"{RESULTS} there or up to two levels below; make a run with `timely eval --suite "
             "smoke --out runs/smoke` or a report with `timely leaderboard runs/smoke --out "
             "reports/smoke`"
         )

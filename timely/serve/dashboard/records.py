@@ -14,31 +14,15 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from timely.trace import OUTCOMES as TRACE_OUTCOMES
+from timely.runrecord import classify, episode_key, graded
 
-# An episode's outcome, in the order the page lists them: the same vocabulary `timely show`
-# filters by. "wrong" is an answer in time that scored 0; "no_answer" ran out of turns.
-OUTCOMES = TRACE_OUTCOMES
-_FAILED_ENDS = {"policy_error", "tool_server_error"}
 _REQUIRED = ("task_id", "budget_s", "end_reason", "steps")
 TEXT_LIMIT = 4000  # characters of a step's text or a tool result kept in an episode's detail
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
 class NotATrajectory(ValueError):
     """A JSONL line is not a trajectory record; the message says which field is wrong."""
-
-
-def outcome_of(end_reason: str, compliant: bool, score: float) -> str:
-    """Place an episode in one of :data:`OUTCOMES` from its end reason, compliance and score."""
-    if end_reason == "answered":
-        if not compliant:
-            return "late"  # only an overrun="late" budget keeps an answer past the budget
-        return "on_time" if score > 0 else "wrong"
-    if end_reason == "budget_exhausted":
-        return "cut_off"
-    if end_reason == "max_turns":
-        return "no_answer"
-    return "failed"  # policy_error, tool_server_error, or an end reason this code predates
 
 
 def _num(record: dict[str, Any], key: str, default: float | None = 0.0) -> float | None:
@@ -79,15 +63,15 @@ def parse_line(line: bytes | str) -> dict[str, Any]:
     return record
 
 
-def episode_key(record: dict[str, Any], lineno: int) -> str:
-    """The episode's key within its file: the eval key, the served run id, else the line."""
-    meta = record.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    for field in ("key", "run_id"):
-        value = meta.get(field)
-        if isinstance(value, str) and value and value.replace("-", "").replace("_", "").isalnum():
-            return value
-    return f"L{lineno}"
+def episode_id(record: dict[str, Any], lineno: int) -> str:
+    """The episode's id within its file, for URLs: its episode key, else ``L<line number>``.
+
+    The key is the run record's (:func:`timely.runrecord.episode_key`), so the dashboard
+    deduplicates exactly as ``timely show`` and the leaderboard do; a key with characters a URL
+    would need escaped falls back to the line number.
+    """
+    key = episode_key(record.get("metadata"))
+    return key if key and set(key) <= _ID_CHARS else f"L{lineno}"
 
 
 def summarize(record: dict[str, Any], episode_id: str, source: str) -> dict[str, Any]:
@@ -128,7 +112,9 @@ def summarize(record: dict[str, Any], episode_id: str, source: str) -> dict[str,
         "compliant": compliant,
         "reward": _num(record, "reward"),
         "end_reason": end,
-        "outcome": outcome_of(end, compliant, score),
+        "outcome": classify(
+            end, compliant, score, graded=graded(record.get("target"), record.get("schema_version"))
+        ).value,
         "steps": len(steps),
         "tool_calls": calls,
         "tool_errors": tool_errors,

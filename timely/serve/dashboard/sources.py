@@ -10,8 +10,9 @@ A directory given to the dashboard is one of:
 * a folder holding several of those (two levels deep at most).
 
 Files are re-read only when their size, mtime or inode changes, and an append-only
-``trajectories.jsonl`` is read from where the last read stopped, so polling the page costs a
-few ``stat`` calls. A line still being written (no newline yet) waits for the next read.
+``trajectories.jsonl`` is followed by the run record's :class:`~timely.runrecord.TailReader`
+from where the last read stopped, so polling the page costs a few ``stat`` calls. A line still
+being written (no newline yet) waits for the next read.
 """
 
 from __future__ import annotations
@@ -24,21 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timely.runrecord import RESULTS, TRAJECTORIES, TailLine, TailReader, episode_key, file_stamp
 from timely.serve.dashboard import records
 
-TRAJECTORIES = "trajectories.jsonl"
-RESULTS = "results.json"
 MAX_DEPTH = 2  # levels below a given directory searched for runs and reports
 MAX_ENTRIES = 2000  # directory entries looked at per scan: a huge tree is not walked whole
 _PLOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.png$")
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class JsonFile:
@@ -51,7 +43,7 @@ class JsonFile:
         self.problem: str | None = None
 
     def read(self) -> Any:
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp != self._stamp:
             self._stamp, self.value, self.problem = stamp, None, None
             if stamp is not None:
@@ -70,72 +62,62 @@ class EpisodeFile:
     """An append-only trajectories.jsonl: episode rows in memory, full records left on disk.
 
     Each row keeps its line's byte offset, so an episode's detail is one seek and one line's
-    parse, and memory stays small for runs whose records carry long conversations.
+    parse, and memory stays small for runs whose records carry long conversations. Episodes are
+    deduplicated by the run record's episode key, the first record winning (as on resume).
     """
 
     def __init__(self, path: Path, source: str) -> None:
         self.path, self.source = path, source
-        self._reset(None)
+        self._tail = TailReader(path)
+        self._clear()
 
-    def _reset(self, ino: int | None) -> None:
-        self._ino, self._offset, self._lines = ino, 0, 0
-        self._stamp: tuple[int, int, int] | None = None
+    def _clear(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}  # episode id -> row, in file order
         self._spans: dict[str, tuple[int, int]] = {}  # episode id -> (offset, length)
+        self._keys: set[str] = set()
         self.problems: list[str] = []
         self.skipped = 0  # duplicate keys (a resumed run) and calibration episodes
-        self.torn_tail = False
+
+    @property
+    def torn_tail(self) -> bool:
+        return self._tail.torn_tail
 
     def refresh(self) -> None:
         """Read what was appended since the last call (everything if the file was replaced)."""
-        stamp = _stamp(self.path)
-        if stamp == self._stamp:
-            return
-        if stamp is None:
-            self._reset(None)
-            return
-        ino, size, _ = stamp
-        if ino != self._ino or size < self._offset:
-            self._reset(ino)  # rewritten or truncated: start over
         try:
-            with self.path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read(size - self._offset)
+            lines = self._tail.read()
         except OSError as exc:
             self.problems = [f"{self.path}: cannot read ({exc})"]
             return
-        end = data.rfind(b"\n") + 1  # a line without its newline is still being written
-        self.torn_tail = end < len(data)
-        pos = 0
-        while pos < end:
-            nl = data.index(b"\n", pos)
-            self._add(data[pos:nl], self._offset + pos)
-            pos = nl + 1
-        self._offset += end
-        self._stamp = stamp
+        if self._tail.restarted or self._tail.stamp is None:
+            self._clear()  # replaced, truncated or removed: what was read is gone
+        for line in lines:
+            self._add(line)
 
-    def _add(self, line: bytes, offset: int) -> None:
-        self._lines += 1
-        if not line.strip():
+    def _add(self, line: TailLine) -> None:
+        if not line.data.strip():
             return
         try:
-            record = records.parse_line(line)
+            record = records.parse_line(line.data)
             if isinstance(record.get("metadata"), dict) and (
                 record["metadata"].get("phase") == "calibration"
             ):
                 self.skipped += 1  # budget calibration, not eval: the leaderboard skips it too
                 return
-            episode_id = f"{self.source}:{records.episode_key(record, self._lines)}"
-            if episode_id in self.rows:
+            key = episode_key(record.get("metadata"))
+            if key is not None and key in self._keys:
                 self.skipped += 1  # the first record of a key wins, as when a run resumes
                 return
+            episode_id = f"{self.source}:{records.episode_id(record, line.number)}"
             row = records.summarize(record, episode_id, self.source)
         except records.NotATrajectory as exc:
             if len(self.problems) < 20:
-                self.problems.append(f"{self.path}:{self._lines}: not a trajectory: {exc}")
+                self.problems.append(f"{self.path}:{line.number}: not a trajectory: {exc}")
             return
+        if key is not None:
+            self._keys.add(key)
         self.rows[episode_id] = row
-        self._spans[episode_id] = (offset, len(line))
+        self._spans[episode_id] = (line.offset, len(line.data))
 
     def record(self, episode_id: str) -> dict[str, Any] | None:
         """The full record of one episode, read back from the file; None if unknown."""
@@ -143,15 +125,13 @@ class EpisodeFile:
         if span is None:
             return None
         try:
-            with self.path.open("rb") as f:
-                f.seek(span[0])
-                return records.parse_line(f.read(span[1]))
+            return records.parse_line(self._tail.read_span(*span))
         except (OSError, records.NotATrajectory):
             return None  # replaced under us: the next refresh re-reads it
 
     @property
     def version(self) -> str:
-        return str(self._stamp)
+        return str(self._tail.stamp)
 
 
 @dataclass

@@ -1,8 +1,7 @@
-"""Run directories: what a person opens after a run.
+"""What a run directory says about how it was made: ``config.yaml`` and ``manifest.json``.
 
-A run directory holds ``config.yaml`` (the resolved config), ``manifest.json`` (schema version,
-package versions, git sha, seeds, hardware), append-only ``trajectories.jsonl`` and
-``summary.md``. Everything needed to reproduce or audit the run is in it.
+The manifest (schema version, package versions, git sha, seeds, hardware, the command) is what
+lets someone reproduce or audit a run long after it finished, without asking who ran it.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from timely.config import config_hash, dump_yaml
+from timely.runrecord.trajectories import CONFIG, MANIFEST
 from timely.types import SCHEMA_VERSION
 
 TRACKED_PACKAGES = (
@@ -39,6 +39,7 @@ TRACKED_PACKAGES = (
 
 
 def package_versions() -> dict[str, str | None]:
+    """The installed versions of the packages that decide a run's numbers (None: absent)."""
     out: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:
         try:
@@ -70,7 +71,7 @@ def write_run_record(
     """Create the run directory and write ``config.yaml`` and ``manifest.json``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(config))
+    (run_dir / CONFIG).write_text(dump_yaml(config))
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -85,5 +86,5 @@ def write_run_record(
         "cpu_count": os.cpu_count(),
         **(extra or {}),
     }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return run_dir
