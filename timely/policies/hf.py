@@ -12,11 +12,19 @@ of a batch keeps its own limits: a token cap (the policy's ``max_new_tokens`` an
 budget-derived cap) and, on a wall clock, a real-time end, so one late episode never stretches or
 cuts another.
 
+Reuse (``kv_reuse=True``, the default): the policy keeps a
+:class:`~timely.policies.kv_cache.KVStore` of recent sequences' keys and values, so an
+episode's next turn prefills only what is new, a group's identical prompts are prefilled once,
+and finished rows leave the decode batch (:mod:`timely.policies.hf_cached`); what the model did
+is counted in :attr:`HFPolicy.stats`. ``kv_reuse=False`` runs the plain loop (a full prefill per
+call, finished rows decoding padding), kept as the anchor a benchmark compares against.
+
 Determinism: greedy decoding (``temperature == 0``) gives the same tokens whatever the batch
-composition (up to float rounding of padded batches). Sampling is seeded per batch from the
-policy seed and a batch counter, so sampled results depend on which requests shared a batch and
-in what order the batches ran; use ``max_batch_size=1`` where sampled results must not depend on
-concurrency.
+composition and with or without reuse (up to float rounding of padded batches). Sampling is
+seeded per batch from the policy seed and a batch counter (with reuse, each row of a batch draws
+from its own generator seeded from the batch seed and its row index), so sampled results depend
+on which requests shared a batch and in what order the batches ran; use ``max_batch_size=1``
+where sampled results must not depend on concurrency.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ from timely.policies.base import Deadline, check_options, register_backend, regi
 from timely.policies.batching import MicroBatcher
 from timely.policies.hf_generate import GeneratedRow, generate_rows
 from timely.policies.hf_models import EMBEDDED_MODEL, load_model, resolve_model
+from timely.policies.kv_cache import (
+    DEFAULT_CACHE_TOKENS,
+    GenerationStats,
+    KVStore,
+    supports_reuse,
+)
 from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format
 from timely.rng import derive_seed
 from timely.types import Completion, Message
@@ -74,6 +88,11 @@ class HFPolicy:
         precision: ``bf16`` decodes under bf16 autocast (weights stay fp32): 2-3x faster on a
             CPU with native bf16, with slightly different logits, so recorded log-probs no
             longer match an fp32 recompute; training rollouts keep ``fp32``.
+        kv_reuse: reuse keys and values across calls and rows and drop finished rows (see
+            the module docstring); ``False`` runs the plain full-prefill loop, as does a model
+            that is not a transformers model (:func:`~timely.policies.kv_cache.supports_reuse`).
+        kv_cache_tokens: most tokens whose keys and values the policy keeps between calls
+            (about 46 KB each in fp32 for the embedded model).
     """
 
     def __init__(
@@ -90,6 +109,8 @@ class HFPolicy:
         tool_format: ToolFormat = "auto",
         name: str | None = None,
         precision: Literal["fp32", "bf16"] = "fp32",
+        kv_reuse: bool = True,
+        kv_cache_tokens: int = DEFAULT_CACHE_TOKENS,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -112,6 +133,9 @@ class HFPolicy:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids)
         self._batch_counter = 0
+        self.kv_reuse = kv_reuse
+        self.kv_store = KVStore(kv_cache_tokens)
+        self.stats = GenerationStats()
         with _locks_guard:
             self._lock = _model_locks.setdefault(model, threading.Lock())
         self._batcher: MicroBatcher[_Request, GeneratedRow] = MicroBatcher(
@@ -227,6 +251,8 @@ class HFPolicy:
         self, requests: Sequence[_Request], abandoned: Callable[[int], bool], seed: int
     ) -> list[GeneratedRow]:
         rows: list[GeneratedRow | None] = [None] * len(requests)
+        reusing = self.kv_reuse and supports_reuse(self.model)
+        reuse = {"store": self.kv_store, "stats": self.stats} if reusing else {}
         for k, chunk in enumerate(padded_chunks([len(r.prompt_ids) for r in requests])):
             part = generate_rows(
                 self.model,
@@ -239,10 +265,31 @@ class HFPolicy:
                 temperature=self.temperature,
                 top_p=self.top_p,
                 seed=seed if k == 0 else derive_seed(seed, "chunk", k),
+                **reuse,
             )
+            if not reusing:
+                self._count_plain([requests[i].prompt_ids for i in chunk], part)
             for i, row in zip(chunk, part, strict=True):
                 rows[i] = row
         return [r for r in rows if r is not None]
+
+    def _count_plain(self, prompts: list[list[int]], rows: list[GeneratedRow]) -> None:
+        """Count a plain call's work: every row prefilled at the batch's width, then one
+        token per row for every decode step until the longest row ended."""
+        n, width = len(prompts), max(len(p) for p in prompts)
+        steps = max((len(r.token_ids) for r in rows), default=0)
+        stats = self.stats
+        stats.requests += n
+        stats.full_prefills += n
+        stats.prefill_tokens += sum(len(p) for p in prompts)
+        stats.decode_tokens += sum(len(r.token_ids) for r in rows)
+        stats.processed_tokens += n * width + n * max(steps - 1, 0)
+
+    def clear_cache(self) -> None:
+        """Forget every stored key and value (the store also does so itself when the model's
+        weights change in place)."""
+        with self._lock:
+            self.kv_store.clear()
 
     def _completion(self, request: _Request, row: GeneratedRow) -> Completion:
         reason = row.reason
@@ -315,6 +362,8 @@ _HF_OPTIONS = (
     "name",
     "cache_dir",
     "adapter",
+    "kv_reuse",
+    "kv_cache_tokens",
 )
 
 
@@ -329,7 +378,8 @@ def hf_backend(spec: str = EMBEDDED_MODEL, **options: Any) -> HFPolicy:
         **options: any of ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
             ``max_batch_size``, ``batch_window_s``, ``tool_format``, ``name``, ``cache_dir``,
             ``adapter`` (a peft LoRA directory merged into a copy of the model), ``precision``
-            (``fp32`` or ``bf16``).
+            (``fp32`` or ``bf16``), ``kv_reuse`` (False: the plain full-prefill loop),
+            ``kv_cache_tokens`` (the prefix cache's token budget).
     """
     check_options(f"hf:{spec}", options, _HF_OPTIONS)
     spec = spec or EMBEDDED_MODEL

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from timely.clock import wall_seconds
+from timely.policies.kv_cache import GenerationStats, KVStore
 from timely.policies.logprobs import accepts_logits_to_keep, sample_next
 
 
@@ -54,6 +55,8 @@ def generate_rows(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    store: KVStore | None = None,
+    stats: GenerationStats | None = None,
 ) -> list[GeneratedRow]:
     """Generate for all ``prompts`` at once (left-padded) with per-row limits.
 
@@ -73,10 +76,31 @@ def generate_rows(
         temperature: 0 for greedy decoding.
         top_p: nucleus threshold (sampling only).
         seed: seeds the sampling generator.
+        store: a prefix cache: when given, generation reuses stored keys and values and drops
+            finished rows (:func:`~timely.policies.hf_cached.generate_cached`, which seeds
+            each sampled row on its own); without it, the plain full-prefill loop below runs.
+        stats: work counts for the cached path (required with ``store``).
 
     Returns:
         One :class:`GeneratedRow` per prompt, in order.
     """
+    if store is not None:
+        from timely.policies.hf_cached import generate_cached  # it imports this module
+
+        return generate_cached(
+            model,
+            prompts,
+            caps=caps,
+            wall_ends=wall_ends,
+            abandoned=abandoned,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            store=store,
+            stats=stats if stats is not None else GenerationStats(),
+        )
     device = model.device
     n_rows = len(prompts)
     width = max(len(p) for p in prompts)
@@ -92,7 +116,7 @@ def generate_rows(
     if temperature > 0:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    limits = _RowLimits(caps, wall_ends, abandoned, stop_ids)
+    limits = RowLimits(caps, wall_ends, abandoned, stop_ids)
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     pad = torch.tensor(pad_id, dtype=torch.long, device=device)
     tokens: list[torch.Tensor] = []
@@ -141,7 +165,7 @@ def generate_rows(
     return rows
 
 
-class _RowLimits:
+class RowLimits:
     """Per-row stop conditions: stop token, token cap, wall end, abandoned caller."""
 
     def __init__(

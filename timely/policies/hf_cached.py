@@ -1,0 +1,305 @@
+"""Batched generation that reuses keys and values: across turns, within a group, never for padding.
+
+:func:`generate_cached` does what :func:`~timely.policies.hf_generate.generate_rows` does (same
+rows, limits and records) with three kinds of redundant work removed:
+
+- **Prefix reuse.** Each prompt starts from the stored sequence (previous turns of the same
+  episode, usually) that shares its longest prefix, held in a
+  :class:`~timely.policies.kv_cache.KVStore`; only the rest is prefilled.
+- **Shared prompts once.** Identical prompts in a batch (a GRPO group's G rollouts) are
+  prefilled once and their keys and values copied to each row; a prefix that several distinct
+  prompts share (a common system prompt, a group's first turn) is prefilled once, stored, and
+  then found by every row's lookup.
+- **Finished rows leave.** A row that stops (stop token, cap, deadline, abandoned caller)
+  leaves the decode batch at once (its keys and values go to the store for its next turn)
+  instead of decoding padding until the longest row ends.
+
+Batch layout: each row's reused keys and values are left-padded into a cache segment of the
+batch's longest reuse, the new tokens left-padded into a new segment; a 2D attention mask is
+zero at every pad (pads in the middle are fine for a 2D mask) and explicit position ids count a
+row's real tokens only, so every row sees the positions it would see alone.
+
+Sampling draws each row from its own generator, seeded from the call's seed and the row index,
+so a row's tokens do not depend on which other rows are still decoding beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from timely.policies.hf_generate import GeneratedRow, RowLimits
+from timely.policies.kv_cache import (
+    GenerationStats,
+    Hit,
+    KVStore,
+    cache_from_layers,
+    common_prefix,
+    row_layers,
+    select_rows,
+)
+from timely.policies.logprobs import accepts_logits_to_keep, sample_next
+from timely.rng import derive_seed
+
+# A prefix shared by several prompts of a batch is prefilled on its own only when it saves at
+# least this many tokens per prompt: below that the extra forward call costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
+
+class _Batch:
+    """A batch after its prefill: the live cache, its 2D mask, next positions, last logits."""
+
+    def __init__(
+        self, cache: Any, mask: torch.Tensor, next_position: torch.Tensor, logits: torch.Tensor
+    ) -> None:
+        self.cache, self.mask, self.next_position, self.logits = cache, mask, next_position, logits
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows``, and drop leading columns that are padding in every kept row."""
+        self.mask = self.mask[rows]
+        real = self.mask.any(dim=0).nonzero()
+        start = int(real[0]) if real.numel() else 0
+        self.mask = self.mask[:, start:]
+        select_rows(self.cache, rows, start)
+        self.next_position = self.next_position[rows]
+        self.logits = self.logits[rows]
+
+
+def generate_cached(
+    model: Any,
+    prompts: Sequence[list[int]],
+    *,
+    caps: Sequence[int],
+    wall_ends: Sequence[float | None],
+    abandoned: Callable[[int], bool],
+    pad_id: int,
+    stop_ids: Sequence[int],
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    store: KVStore,
+    stats: GenerationStats,
+) -> list[GeneratedRow]:
+    """Generate for all ``prompts`` reusing stored prefixes; rows leave as they finish.
+
+    Arguments as :func:`~timely.policies.hf_generate.generate_rows`, plus:
+
+    Args:
+        store: where reusable keys and values are found, and where each finished row's go.
+        stats: counts of the work done, updated in place.
+
+    Returns:
+        One :class:`~timely.policies.hf_generate.GeneratedRow` per prompt, in order.
+    """
+    store.check_model(model)
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    unique = [list(p) for p in distinct]
+    computed = [0]  # real prompt tokens prefilled by this call (all passes)
+    with torch.inference_mode():
+        if store.max_tokens > 0:
+            _share_prefixes(model, unique, store, pad_id, keep, stats, computed)
+        hits = [store.lookup(p) for p in unique]
+        batch = _prefill(model, unique, hits, pad_id, keep, stats, computed)
+        rows = _decode(
+            model,
+            batch,
+            prompts,
+            source,
+            caps=caps,
+            limits=RowLimits(caps, wall_ends, abandoned, stop_ids),
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            store=store,
+            stats=stats,
+        )
+    # A distinct prompt without any reused prefix is one full prefill; its copies reuse it.
+    stats.full_prefills += sum(1 for h in hits if h.length == 0)
+    stats.requests += len(prompts)
+    stats.prefill_tokens += computed[0]
+    stats.reused_tokens += sum(len(p) for p in prompts) - computed[0]
+    stats.decode_tokens += sum(len(r.token_ids) for r in rows)
+    return rows
+
+
+def _share_prefixes(
+    model: Any,
+    prompts: list[list[int]],
+    store: KVStore,
+    pad_id: int,
+    keep: dict[str, int],
+    stats: GenerationStats,
+    computed: list[int],
+) -> None:
+    """Prefill once, and store, every prefix that several distinct ``prompts`` share beyond
+    what the store already holds for them (recursively: shared prefixes of those prefixes
+    first)."""
+    ordered = sorted({tuple(p) for p in prompts})
+    if len(ordered) < 2:
+        return
+    arrays = [np.asarray(p, dtype=np.int64) for p in ordered]
+    shared = [0] * len(ordered)
+    for j in range(len(ordered) - 1):
+        n = common_prefix(arrays[j], arrays[j + 1])
+        shared[j], shared[j + 1] = max(shared[j], n), max(shared[j + 1], n)
+    prefixes: set[tuple[int, ...]] = set()
+    for prompt, n in zip(ordered, shared, strict=True):
+        n = min(n, len(prompt) - 1)
+        if n >= MIN_SHARED_PREFIX and n - store.lookup(prompt, limit=n).length >= MIN_SHARED_PREFIX:
+            prefixes.add(prompt[:n])
+    if not prefixes:
+        return
+    todo = [list(p) for p in sorted(prefixes)]
+    _share_prefixes(model, todo, store, pad_id, keep, stats, computed)
+    # Each prefix is stored whole, so its last token is computed too (limit = its length).
+    hits = [store.lookup(p, limit=len(p)) for p in todo]
+    todo_hits = [(p, h) for p, h in zip(todo, hits, strict=True) if h.length < len(p)]
+    if not todo_hits:
+        return
+    batch = _prefill(
+        model, [p for p, _ in todo_hits], [h for _, h in todo_hits], pad_id, keep, stats, computed
+    )
+    for row, (prefix, _) in enumerate(todo_hits):
+        columns = batch.mask[row].nonzero().squeeze(1)
+        store.put(prefix, row_layers(batch.cache, row, columns))
+
+
+def _prefill(
+    model: Any,
+    prompts: list[list[int]],
+    hits: list[Hit],
+    pad_id: int,
+    keep: dict[str, int],
+    stats: GenerationStats,
+    computed: list[int],
+) -> _Batch:
+    """One forward over every prompt's tokens after its hit, on top of the hits' keys/values."""
+    device = model.device
+    n_rows = len(prompts)
+    reused = [h.length for h in hits]
+    new = [p[r:] for p, r in zip(prompts, reused, strict=True)]
+    cmax, nmax = max(reused), max(len(x) for x in new)
+    input_ids = torch.full((n_rows, nmax), pad_id, dtype=torch.long)
+    mask = torch.zeros((n_rows, cmax + nmax), dtype=torch.long)
+    positions = torch.zeros((n_rows, nmax), dtype=torch.long)
+    for i, (r, tokens) in enumerate(zip(reused, new, strict=True)):
+        input_ids[i, nmax - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        mask[i, cmax - r : cmax] = 1
+        mask[i, cmax + nmax - len(tokens) :] = 1
+        positions[i, nmax - len(tokens) :] = torch.arange(r, r + len(tokens))
+    cache = _cache_segment(hits, cmax, device, model.config) if cmax else None
+    input_ids, mask, positions = (t.to(device) for t in (input_ids, mask, positions))
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        **keep,
+    )
+    stats.processed_tokens += n_rows * nmax
+    computed[0] += sum(len(x) for x in new)
+    return _Batch(out.past_key_values, mask, positions[:, -1:] + 1, out.logits[:, -1, :])
+
+
+def _cache_segment(hits: list[Hit], width: int, device: Any, config: Any) -> Any:
+    """A ``DynamicCache`` of ``width`` columns holding each hit's reused prefix, left-padded."""
+    reference = next(h.layers for h in hits if h.layers is not None and h.length)
+    layers = []
+    for layer, (k0, v0) in enumerate(reference):
+        keys = k0.new_zeros((len(hits), k0.shape[0], width, k0.shape[2]), device=device)
+        values = v0.new_zeros((len(hits), v0.shape[0], width, v0.shape[2]), device=device)
+        for i, hit in enumerate(hits):
+            if hit.layers is not None and hit.length:
+                k, v = hit.layers[layer]
+                keys[i, :, width - hit.length :] = k[:, : hit.length]
+                values[i, :, width - hit.length :] = v[:, : hit.length]
+        layers.append((keys, values))
+    return cache_from_layers(layers, config)
+
+
+def _decode(
+    model: Any,
+    batch: _Batch,
+    prompts: Sequence[list[int]],
+    source: list[int],
+    *,
+    caps: Sequence[int],
+    limits: RowLimits,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    store: KVStore,
+    stats: GenerationStats,
+) -> list[GeneratedRow]:
+    """Sample until every row ends; a row leaves the batch (its cache to the store) as it ends."""
+    device = model.device
+    n_rows = len(prompts)
+    if source != list(range(n_rows)):  # copy each distinct prompt's prefill to its rows
+        batch.select(torch.tensor(source, device=device))
+    generators: list[torch.Generator | None] = [None] * n_rows
+    if temperature > 0:
+        for i in range(n_rows):
+            generators[i] = torch.Generator(device=device)
+            generators[i].manual_seed(derive_seed(seed, "row", i))
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    logprobs: list[list[float]] = [[] for _ in range(n_rows)]
+    alive = list(range(n_rows))
+    for step in range(1, max(caps) + 1):
+        chosen, logp = _sample(batch.logits, temperature, top_p, [generators[i] for i in alive])
+        last = [-1] * n_rows
+        for i, token, lp in zip(alive, chosen.tolist(), logp.tolist(), strict=True):
+            tokens[i].append(token)
+            logprobs[i].append(lp)
+            last[i] = token
+        limits.update(step, last, device)
+        stay = [j for j, i in enumerate(alive) if limits.reason[i] is None]
+        if len(stay) < len(alive):
+            for j, i in enumerate(alive):
+                if limits.reason[i] is not None:
+                    columns = batch.mask[j].nonzero().squeeze(1)
+                    store.put(prompts[i] + tokens[i][:-1], row_layers(batch.cache, j, columns))
+            if not stay:
+                break
+            rows = torch.tensor(stay, device=device)
+            batch.select(rows)
+            chosen = chosen[rows]
+            alive = [alive[j] for j in stay]
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(alive), 1))], dim=1)
+        out = model(
+            input_ids=chosen[:, None],
+            attention_mask=batch.mask,
+            position_ids=batch.next_position,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        stats.processed_tokens += len(alive)
+        batch.cache = out.past_key_values
+        batch.logits = out.logits[:, -1, :]
+        batch.next_position = batch.next_position + 1
+    return [
+        GeneratedRow(token_ids=tokens[i], logprobs=logprobs[i], reason=limits.reason[i] or "length")
+        for i in range(n_rows)
+    ]
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generators: list[torch.Generator | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy picks for the whole batch at once; sampled ones row by row, each row with its own
+    generator (the same draws whichever rows share the step)."""
+    if temperature == 0:
+        return sample_next(logits, temperature=0.0)
+    picks = [
+        sample_next(logits[j : j + 1], temperature=temperature, top_p=top_p, generator=g)
+        for j, g in enumerate(generators)
+    ]
+    return torch.cat([p[0] for p in picks]), torch.cat([p[1] for p in picks])
