@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from timely.errors import ConfigError
+from timely.runrecord import ERRORS, TRAJECTORIES
 from timely.types import Trajectory
 from timely_eval.leaderboard import (
     Run,
@@ -173,11 +174,10 @@ def eval_command(
     if report.failed:
         console.print(
             f"[red]{report.failed} episode(s) could not be played[/] (see "
-            f"{run_dir / 'errors.jsonl'}); run the same command again to retry them."
+            f"{run_dir / ERRORS}); run the same command again to retry them."
         )
     console.print(
-        f"wrote {run_dir / 'trajectories.jsonl'}, results.json, summary.md"
-        + (", plots/" if plots else "")
+        f"wrote {run_dir / TRAJECTORIES}, results.json, summary.md" + (", plots/" if plots else "")
     )
     return report
 

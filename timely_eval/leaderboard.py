@@ -21,7 +21,7 @@ import numpy as np
 
 from timely.errors import ConfigError
 from timely.rng import make_rng
-from timely.runrecord import episode_key, read_manifest, read_run, trajectories_file
+from timely.runrecord import RESULTS, episode_key, read_manifest, read_run, trajectories_file
 from timely.types import Trajectory
 from timely_eval.metrics import aggregate
 from timely_eval.plan import budget_sort_key
@@ -391,7 +391,7 @@ def write_leaderboard(paths: list[str | Path], out: str | Path) -> dict[str, Pat
         raise ConfigError(f"no eval episodes in {[str(p) for p in paths]}; nothing to report")
     pngs = write_plots(report, out)
     files: dict[str, Path] = {f"{name}.png": path for name, path in pngs.items()}
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out / RESULTS).write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out / "leaderboard.md").write_text(
         render_markdown(report, {name: path.name for name, path in pngs.items()})
     )
