@@ -39,14 +39,14 @@ from timely.errors import TrainingDataError
 from timely.policies.hf_models import EMBEDDED_MODEL
 from timely.prompting import ToolFormat, assistant_text, prompt_token_ids, resolve_tool_format
 from timely.rng import make_rng
+from timely.runrecord import TRAJECTORIES, read_run
 from timely.train.config import DataConfig
 from timely.train.episodes import NO_LIMIT_S
 from timely.train.experts import clock_reads, play_experts
 from timely.train.view import ViewForm, training_view
-from timely.types import EndReason, Message, Trajectory, iter_jsonl, write_jsonl
+from timely.types import EndReason, Message, Trajectory, write_jsonl
 
 EXPERT_SHARD = "train-experts.parquet"
-TRAJECTORIES = "trajectories.jsonl"
 BUILD_FILE = "build.json"  # written last: its presence marks a complete build
 
 
@@ -360,9 +360,13 @@ def add_rejection_samples(
     return len(rows)
 
 
-def read_trajectories(dataset_dir: str | Path) -> Iterator[Trajectory]:
-    """The trajectories a dataset directory was made from."""
-    return iter_jsonl(Path(dataset_dir) / TRAJECTORIES)
+def read_trajectories(dataset_dir: str | Path) -> list[Trajectory]:
+    """The trajectories a dataset directory was made from (the run record's reader).
+
+    Raises:
+        ConfigError: the directory holds no trajectories file.
+    """
+    return read_run(dataset_dir, calibration=True)
 
 
 def _on_time(t: Trajectory) -> bool:
