@@ -10,7 +10,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from timely.runrecord import TRAJECTORIES, read_run
+from timely.runrecord import TRAJECTORIES, outcome, read_run
 from timely.types import EndReason
 
 BUCKETS: tuple[tuple[str, float, float], ...] = (
@@ -95,7 +95,8 @@ def _card(rows: list[dict[str, Any]], played: list[Any], config: str, build: dic
         f"{sum(n > 2048 for n in tokens)}",
         f"- expert episodes played: {len(experts)}, answered on time: {len(answered)} "
         f"({len(answered) / max(len(experts), 1):.0%}); end reasons: "
-        f"{dict(collections.Counter(t.end_reason.value for t in experts))}",
+        f"{dict(collections.Counter(t.end_reason.value for t in experts))}; outcomes: "
+        f"{dict(collections.Counter(outcome(t).value for t in experts))}",
         f"- short budgets (< 1x): {len(short)} rows, {len(early)} of them answered early with a "
         f"partial result ({len(early) / max(len(short), 1):.0%}); rows that read the clock "
         f"tool: {sum(r['n_clock_reads'] > 0 for r in rows)}",
