@@ -75,7 +75,10 @@ def trajectories_file(path: str | Path) -> Path:
 def _not_a_run(path: Path) -> str:
     if not path.exists():
         return f"no such file or directory; {_MAKE_ONE}"
-    runs = sorted(c.name for c in path.iterdir() if (c / TRAJECTORIES).is_file())
+    try:
+        runs = sorted(c.name for c in path.iterdir() if (c / TRAJECTORIES).is_file())
+    except OSError as exc:  # not a directory, or not readable
+        return f"cannot look inside ({exc}); {_MAKE_ONE}"
     if runs:
         more = f" (+{len(runs) - 5} more)" if len(runs) > 5 else ""
         return f"it is a folder of runs ({', '.join(runs[:5])}{more}); pass one of them"
@@ -110,7 +113,8 @@ def iter_trajectories(file: str | Path) -> Iterator[Trajectory]:
             except ValueError as exc:
                 if not line.endswith(b"\n"):
                     log.warning(
-                        "%s:%d: skipped a torn last line (%d bytes, a writer stopped mid-line)",
+                        "%s:%d: skipped an incomplete last line (%d bytes): its writer was "
+                        "killed mid-line or is still writing it",
                         file,
                         lineno,
                         len(line),

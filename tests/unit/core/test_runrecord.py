@@ -136,7 +136,7 @@ def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path, caplog):
     file.write_bytes(_line(_traj(seed=0)) + _line(_traj(seed=1)) + _line(_traj(seed=2))[:40])
     with caplog.at_level(logging.WARNING, logger="timely.runrecord"):
         assert [t.seed for t in read_run(tmp_path)] == [0, 1]
-    assert "torn last line" in caplog.text and f"{TRAJECTORIES}:3" in caplog.text
+    assert "incomplete last line" in caplog.text and f"{TRAJECTORIES}:3" in caplog.text
     assert file.read_bytes().endswith(_line(_traj(seed=2))[:40])  # a reader never writes
 
 
