@@ -3,7 +3,7 @@
 Prints:
 - episodes/s of ``run_suite`` (planning, calibration, the JSONL log, results and summary files),
   next to an anchor measured in the same run: the same episodes played back to back through
-  ``Runtime.play`` (the agent loop and the in-process tool server, nothing else) at the same
+  ``SuiteRuntime.play`` (the agent loop and the in-process tool server, nothing else) at the same
   concurrency. Ratio = runner / anchor (goal >= 0.8x: the runner adds little to the loop).
 - simulated seconds per wall second = sum of episode elapsed (virtual) time / wall time of the
   runner (goal >= 1000x).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from timely_eval.episodes import EpisodeLog, Runtime
+from timely_eval.episodes import EpisodeLog, SuiteRuntime
 from timely_eval.plan import plan_eval
 from timely_eval.runner import TRAJECTORIES, _default_budgets, run_suite
 from timely_eval.suite import Suite, load_suite, select
@@ -36,10 +36,10 @@ def scripted_only(suite: Suite, episodes: int | None) -> Suite:
 
 
 async def anchor(suite: Suite) -> tuple[int, float]:
-    """Play the suite's eval items through Runtime.play only; (episodes, wall seconds)."""
+    """Play the suite's eval items through SuiteRuntime.play only; (episodes, wall seconds)."""
     items, _ = plan_eval(suite, default_budget=_default_budgets(suite), relative_budget={})
     limiter = anyio.CapacityLimiter(suite.concurrency)
-    async with Runtime(suite) as runtime:
+    async with SuiteRuntime(suite) as runtime:
 
         async def one(item) -> None:
             async with limiter:
@@ -86,7 +86,7 @@ async def main() -> None:
         assert n_run == n, (n_run, n)
         best_runner = min(best_runner, wall)
     eps_anchor, eps_runner = n / best_anchor, n / best_runner
-    print(f"anchor (Runtime.play only): {eps_anchor:8.1f} episodes/s  ({n} episodes)")
+    print(f"anchor (SuiteRuntime.play only): {eps_anchor:8.1f} episodes/s  ({n} episodes)")
     print(f"run_suite:                  {eps_runner:8.1f} episodes/s")
     print(f"ratio runner / anchor:      {eps_runner / eps_anchor:8.2f}x  (goal >= 0.8x)")
     print(

@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "SpeedProfile": "timely.clock",
     "make_policy": "timely.policies.base",
     "make_task": "timely.task",
-    "open_tools": "timely.run",
+    "open_tools": "timely.rollout",
     "Trajectory": "timely.types",
     "read_jsonl": "timely.types",
     "write_jsonl": "timely.types",
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from timely.loop import EpisodeOptions, run_episode
     from timely.policies.base import make_policy
     from timely.reward import RewardConfig, compute_reward
-    from timely.run import open_tools
+    from timely.rollout import open_tools
     from timely.task import make_task
     from timely.types import Trajectory, iter_jsonl, read_jsonl, write_jsonl
 

@@ -191,6 +191,50 @@ def opening_messages(task: Task, time: TimeAwareness, budget_s: float) -> list[M
     return messages
 
 
+def offered_tools(
+    task: Task, time: TimeAwareness, listed: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The tool schemas an episode offers: the task's tools, in its order, from what the tool
+    server ``listed``, then the clock tool where the time is pulled.
+
+    Raises:
+        TaskError: the task needs tools and none were listed, or the server lacks some.
+    """
+    schemas: list[dict[str, Any]] = []
+    spec = task.spec
+    if spec.tools:
+        if listed is None:
+            raise TaskError(
+                f"task {spec.id} needs tools {list(spec.tools)} but no tool backend was given"
+            )
+        served = {t["function"]["name"]: t for t in listed}
+        missing = [n for n in spec.tools if n not in served]
+        if missing:
+            raise TaskError(
+                f"the tool server does not serve {missing} needed by "
+                f"{spec.id}; it serves {sorted(served)}"
+            )
+        schemas = [served[n] for n in spec.tools]
+    if time.pulls(spec.time_status):
+        schemas.append(get_duration_schema())
+    return schemas
+
+
+def episode_opening(
+    task: Task, time: TimeAwareness, budget_s: float, listed: list[dict[str, Any]] | None
+) -> tuple[list[Message], list[dict[str, Any]]]:
+    """The messages and tool schemas of an episode's first model call: what the loop sends and
+    what :func:`timely.rollout.opening` gives exporters without playing an episode.
+
+    Args:
+        task: the instance.
+        time: the episode's time awareness (budget line, clock tool).
+        budget_s: the budget shown.
+        listed: the tool server's schemas (None: no tool backend).
+    """
+    return opening_messages(task, time, budget_s), offered_tools(task, time, listed)
+
+
 def episode_session_id(task: Task, policy_name: str, sample: int = 0) -> str:
     """A fresh tool-server session id for one episode: ``ep-KEY#NONCE``.
 
@@ -223,7 +267,6 @@ class _Episode:
         self.speed = speed_profile(opts.speed)
         self.spec = task.spec
         self.push = opts.time.pushes(self.spec.time_status)
-        self.pull = opts.time.pulls(self.spec.time_status)
         self.start_at = clock.now()
         self.end_at: float | None = None
         # Wall stamps beside the clock's seconds (the record says when it ran, for log joins).
@@ -276,8 +319,10 @@ class _Episode:
 
     # -- setup -------------------------------------------------------------------------------
     async def start(self) -> list[Message]:
-        self.tool_schemas = await self._tool_schemas()
-        messages = opening_messages(self.task, self.opts.time, self.budget.seconds)
+        listed = await self._list_tools() if self.spec.tools and self.tools is not None else None
+        messages, self.tool_schemas = episode_opening(
+            self.task, self.opts.time, self.budget.seconds, listed
+        )
         if self.events:
             await self.events.emit(
                 EpisodeStarted(
@@ -293,33 +338,16 @@ class _Episode:
             )
         return messages
 
-    async def _tool_schemas(self) -> list[dict[str, Any]]:
-        schemas: list[dict[str, Any]] = []
-        if self.spec.tools:
-            if self.tools is None:
-                raise TaskError(
-                    f"task {self.spec.id} needs tools {list(self.spec.tools)} "
-                    "but no tool backend was given"
-                )
-            try:
-                async with self.clock.cutoff(self.stop_at):
-                    listed = await self.tools.list_tools()
-            except TimeoutError:
-                where = getattr(self.tools, "base_url", "the tool server")
-                raise ToolServerUnavailable(
-                    f"{where} did not list its tools before the budget ran out; is it running?"
-                ) from None
-            served = {t["function"]["name"]: t for t in listed}
-            missing = [n for n in self.spec.tools if n not in served]
-            if missing:
-                raise TaskError(
-                    f"the tool server does not serve {missing} needed by "
-                    f"{self.spec.id}; it serves {sorted(served)}"
-                )
-            schemas = [served[n] for n in self.spec.tools]
-        if self.pull:
-            schemas.append(get_duration_schema())
-        return schemas
+    async def _list_tools(self) -> list[dict[str, Any]]:
+        assert self.tools is not None
+        try:
+            async with self.clock.cutoff(self.stop_at):
+                return await self.tools.list_tools()
+        except TimeoutError:
+            where = getattr(self.tools, "base_url", "the tool server")
+            raise ToolServerUnavailable(
+                f"{where} did not list its tools before the budget ran out; is it running?"
+            ) from None
 
     # -- model turn --------------------------------------------------------------------------
     async def generate(self, messages: list[Message], turn: int) -> Completion | None:

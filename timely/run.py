@@ -1,26 +1,23 @@
 """``timely run``: play a few episodes of one task with one policy and record them.
 
-This module wires config to components (policy, tool backend, clocks) and hands each episode to
+This module turns the config into episode specs and plays them on a
+:class:`~timely.rollout.Runtime` (policy, tool server, clocks, concurrency), which hands each to
 :func:`timely.loop.run_episode`; it does no episode logic of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from timely.clock import make_clock
 from timely.config import RunConfig, config_hash
 from timely.events import Observer
-from timely.loop import run_episode
-from timely.policies.base import Policy, make_policy
+from timely.policies.base import Policy
+from timely.rollout import EpisodeSpec, Runtime
 from timely.runrecord import write_run_record
 from timely.task import make_task
-from timely.tool_servers import in_process_app
-from timely.toolclient import ToolBackend, ToolClient
 from timely.types import Trajectory, write_jsonl
 
 
@@ -28,32 +25,6 @@ from timely.types import Trajectory, write_jsonl
 class RunResult:
     run_dir: Path
     trajectories: list[Trajectory]
-
-
-@contextlib.asynccontextmanager
-async def open_tools(
-    url: str | None = None,
-    *,
-    latency: str = "constant:0",
-    tool_latency: dict[str, str] | None = None,
-    seed: int = 0,
-) -> AsyncIterator[ToolBackend]:
-    """A tool backend: a client for a running server at ``url``, else an in-process server.
-
-    Args:
-        url: a running tool server (``timely tool-server``); None: serve the built-in tools
-            in-process (the ``default`` entry of :mod:`timely.tool_servers`), without sockets.
-        latency: in-process only: the latency spec of every tool, e.g. ``constant:1.0``.
-        tool_latency: in-process only: latency overrides by tool name.
-        seed: in-process only: seed of the server's latency and fault streams.
-    """
-    if url:
-        client = ToolClient(url)
-    else:
-        app = in_process_app(latency=latency, per_tool_latency=tool_latency, seed=seed)
-        client = ToolClient.in_process(app)
-    async with client:
-        yield client
 
 
 async def run(
@@ -75,20 +46,23 @@ async def run(
     run_dir = write_run_record(config.out, config, seeds=seeds)
     out_file = run_dir / "trajectories.jsonl"
     out_file.unlink(missing_ok=True)  # `timely run` records one fresh set of episodes
-    policy = policy or make_policy(config.policy, **config.policy_options)
     chash = config_hash(config, exclude={"out", "seed", "episodes", "concurrency"})
-    limiter = asyncio.Semaphore(config.concurrency)
     done: list[Trajectory] = []
-
-    async with open_tools(
-        config.tool_server,
-        latency=config.latency,
-        tool_latency=config.tool_latency,
+    runtime = Runtime(
+        clock=config.clock,
         seed=config.seed,
-    ) as tools:
+        tool_server=config.tool_server,
+        per_tool_latency=config.tool_latency,
+        concurrency=config.concurrency,
+    )
+    async with runtime:
+        given = policy is not None
+        if policy is None:
+            policy = await runtime.policy(config.policy, config.policy_options)
+        tools = await runtime.tools(config.latency)
 
         async def one(seed: int) -> None:
-            async with limiter:
+            async with runtime.limiter:
                 task = make_task(
                     config.task,
                     seed=seed,
@@ -96,16 +70,27 @@ async def run(
                     difficulty=config.difficulty,
                     **config.task_options,
                 )
-                traj = await run_episode(
+                spec = EpisodeSpec(
+                    task_id=config.task,
+                    seed=seed,
+                    split=config.split,
+                    difficulty=config.difficulty,
+                    task_options=config.task_options,
+                    policy=config.policy,
+                    latency=config.latency,
+                    budget=config.budget.for_task(task.spec.default_budget_s),
+                    time=config.episode.time,
+                    speed=config.episode.speed,
+                )
+                traj = await runtime.play(
+                    spec,
                     policy,
-                    task,
-                    tools,
-                    make_clock(config.clock),
-                    config.budget.for_task(task.spec.default_budget_s),
-                    options=config.episode,
+                    task=task,
+                    reward=config.episode.reward,
+                    max_turns=config.episode.max_turns,
                     observer=observer(seed) if observer else None,
                     config_hash=chash,
-                    latency=config.latency,
+                    tools=tools,
                 )
             write_jsonl(out_file, [traj])
             done.append(traj)
@@ -116,7 +101,7 @@ async def run(
             await asyncio.gather(*(one(s) for s in seeds))
         finally:
             aclose = getattr(policy, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            if given and aclose is not None:
+                await aclose()  # a given policy is closed as the run ends, as a built one is
     done.sort(key=lambda t: t.seed)
     return RunResult(run_dir=run_dir, trajectories=done)

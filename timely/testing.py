@@ -161,27 +161,30 @@ async def check_task_with_loop(
 ) -> None:
     """Check that the scripted oracle solves the task within its default budget.
 
-    Plays ``n_seeds`` test episodes through the real agent loop, a virtual clock and an
-    in-process tool server (the ``default`` of :mod:`timely.tool_servers`) with ``latency`` per
-    call.
+    Plays ``n_seeds`` test episodes through the real agent loop on a
+    :class:`~timely.rollout.Runtime`: a virtual clock and an in-process tool server (the
+    ``default`` of :mod:`timely.tool_servers`) with ``latency`` per call.
 
     Raises:
         AssertionError: naming the seed, how the episode ended and how long it took.
     """
     from timely.budget import Budget
-    from timely.clock import VirtualClock
-    from timely.loop import run_episode
-    from timely.policies.base import make_policy
-    from timely.tool_servers import in_process_app
-    from timely.toolclient import ToolClient
+    from timely.rollout import EpisodeSpec, Runtime
 
-    policy = make_policy("scripted:oracle")
-    app = in_process_app(latency=latency)
-    async with ToolClient.in_process(app) as tools:
+    async with Runtime(clock="virtual") as runtime:
+        policy = await runtime.policy("scripted:oracle")
         for seed in range(n_seeds):
             task = make_task(task_id, seed=seed, split="test", difficulty=difficulty)
             budget = Budget(seconds=task.spec.default_budget_s)
-            traj = await run_episode(policy, task, tools, VirtualClock(), budget)
+            spec = EpisodeSpec(
+                task_id=task_id,
+                seed=seed,
+                difficulty=difficulty,
+                policy="scripted:oracle",
+                latency=latency,
+                budget=budget,
+            )
+            traj = await runtime.play(spec, policy, task=task)
             _check(
                 traj.score == 1.0 and traj.compliant,
                 f"{task_id} seed={seed}: the scripted oracle ended {traj.end_reason.value} "

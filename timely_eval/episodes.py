@@ -1,36 +1,34 @@
 """Playing planned episodes: the pieces shared by the local runner and the Ray workers.
 
-:class:`Runtime` turns an :class:`~timely_eval.plan.EpisodeItem` into a Trajectory: it builds the
-task, the policy (once per spec and options, so a local model is loaded once and its concurrent
-calls are micro-batched), a tool backend per latency (an in-process tool server, or a client of
-``suite.tool_server``) and a fresh clock, and hands everything to :func:`timely.loop.run_episode`,
-the one agent loop. The tool-server session is the episode key, so concurrent episodes of the
-same task at different latencies never share state or latency streams. :class:`EpisodeLog` is the
-append-only, resume-safe JSONL a run directory keeps.
+:class:`SuiteRuntime` turns an :class:`~timely_eval.plan.EpisodeItem` into an
+:class:`~timely.rollout.EpisodeSpec` and plays it on the suite's :class:`~timely.rollout.Runtime`
+(policies built once per spec and options, one tool backend per latency, a fresh clock per
+episode), which hands it to :func:`timely.loop.run_episode`, the one agent loop. The tool-server
+session is the episode key, so concurrent episodes of the same task at different latencies
+never share state or latency streams. :class:`EpisodeLog` is the append-only, resume-safe JSONL
+a run directory keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-from timely.budget import TIME_AWARENESS_PRESETS, Budget
-from timely.clock import make_clock
+from timely.budget import Budget
 from timely.errors import ConfigError
-from timely.loop import EpisodeOptions, run_episode
-from timely.policies.base import Policy, make_policy
+from timely.policies.base import Policy
+from timely.rollout import EpisodeSpec, Runtime, time_awareness
 from timely.task import make_task
-from timely.toolclient import ToolBackend, ToolClient
 from timely.types import Trajectory
 from timely_eval.plan import EpisodeItem, fingerprint
 from timely_eval.suite import Suite, family_of
 
 
-class Runtime:
-    """Builds and caches what episodes of one suite need; use as an async context manager.
+class SuiteRuntime:
+    """A suite's view of the rollout :class:`~timely.rollout.Runtime`; use as an async context
+    manager.
 
     Args:
         suite: the suite the items come from.
@@ -39,68 +37,18 @@ class Runtime:
     def __init__(self, suite: Suite) -> None:
         self.suite = suite
         self.fingerprint = fingerprint(suite)
-        self._policies: dict[str, Policy] = {}
-        self._policy_locks: dict[str, asyncio.Lock] = {}
-        self._tools: dict[str, ToolClient] = {}
-        self._options: dict[tuple[str, str], EpisodeOptions] = {}
-        self._stack = contextlib.AsyncExitStack()
+        self.runtime = Runtime(clock=suite.clock, seed=suite.seed, concurrency=suite.concurrency)
 
-    async def __aenter__(self) -> Runtime:
+    async def __aenter__(self) -> SuiteRuntime:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for policy in self._policies.values():
-            aclose = getattr(policy, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-        await self._stack.aclose()
+        await self.runtime.aclose()
 
     async def policy(self, label: str) -> Policy:
         """The policy of a suite label; entries with the same spec and options share one."""
         entry = self.suite.policy(label)
-        cache_key = f"{entry.spec}|{json.dumps(entry.options, sort_keys=True, default=str)}"
-        lock = self._policy_locks.setdefault(cache_key, asyncio.Lock())
-        async with lock:  # concurrent first episodes must not load a model twice
-            if cache_key not in self._policies:
-                self._policies[cache_key] = await asyncio.to_thread(
-                    make_policy, entry.spec, **entry.options
-                )
-        return self._policies[cache_key]
-
-    async def tools(self, latency: str) -> ToolBackend:
-        """The tool backend of a latency cell (one in-process server per latency)."""
-        if latency not in self._tools:
-            if latency.startswith("server:"):
-                client = ToolClient(latency.removeprefix("server:"))
-            else:
-                from server.app import ServerConfig, create_app
-
-                app = create_app(ServerConfig(latency=latency, seed=self.suite.seed))
-                client = ToolClient.in_process(app)
-            self._tools[latency] = await self._stack.enter_async_context(client)
-        return self._tools[latency]
-
-    def options(self, item: EpisodeItem) -> EpisodeOptions:
-        """Episode options of an item: the suite's, with the policy's speed and time awareness."""
-        cache_key = (item.policy, item.phase)
-        if cache_key not in self._options:
-            entry = self.suite.policy(item.policy)
-            base = self.suite.episode
-            time = (
-                self.suite.calibration.time
-                if item.phase == "calibration"
-                else entry.time or base.time
-            )
-            if isinstance(time, str):
-                time = TIME_AWARENESS_PRESETS[time]
-            self._options[cache_key] = EpisodeOptions(
-                max_turns=base.max_turns,
-                time=time,
-                reward=base.reward,
-                speed=entry.speed_profile(base.speed),
-            )
-        return self._options[cache_key]
+        return await self.runtime.policy(entry.spec, entry.options)
 
     def budget(self, item: EpisodeItem) -> Budget:
         grid = self.suite.budgets
@@ -111,45 +59,64 @@ class Runtime:
             late_limit_factor=grid.late_limit_factor,
         )
 
+    def spec(self, item: EpisodeItem) -> EpisodeSpec:
+        """The episode of an item: the suite's settings, the policy's speed and time awareness
+        (the calibration phase shows time as ``calibration.time`` says)."""
+        entry = self.suite.policy(item.policy)
+        task_entry = self.suite.tasks[item.task_index]
+        base = self.suite.episode
+        if item.phase == "calibration":
+            time = self.suite.calibration.time
+        else:
+            time = entry.time or base.time
+        return EpisodeSpec(
+            task_id=task_entry.id,
+            seed=item.seed,
+            split=self.suite.split,
+            difficulty=task_entry.difficulty,
+            task_options=task_entry.options,
+            policy=entry.spec,
+            latency=item.latency,
+            budget=self.budget(item),
+            time=time_awareness(time),
+            speed=entry.speed_profile(base.speed),
+            sample=item.sample,
+            key=item.key,
+        )
+
     async def play(self, item: EpisodeItem) -> Trajectory:
-        """Play one item through ``run_episode`` and label its trajectory.
+        """Play one item through the runtime and label its trajectory.
 
         Raises:
             Exception: when the episode could not be played at all (the task cannot be built,
                 the policy cannot be loaded, the loop refused a misconfigured task); a failure
                 *inside* the episode is recorded in the trajectory instead.
         """
-        entry = self.suite.policy(item.policy)
-        task_entry = self.suite.tasks[item.task_index]
+        spec = self.spec(item)
         task = await asyncio.to_thread(
             make_task,
-            task_entry.id,
-            seed=item.seed,
-            split=self.suite.split,
-            difficulty=task_entry.difficulty,
-            **task_entry.options,
+            spec.task_id,
+            seed=spec.seed,
+            split=spec.split,
+            difficulty=spec.difficulty,
+            **spec.task_options,
         )
         policy = await self.policy(item.policy)
-        tools = await self.tools(item.latency) if task.spec.tools else None
-        options = self.options(item)
-        traj = await run_episode(
+        base = self.suite.episode
+        traj = await self.runtime.play(
+            spec,
             policy,
-            task,
-            tools,
-            make_clock(self.suite.clock),
-            self.budget(item),
-            options=options,
-            session_id=item.key,
-            sample=item.sample,
+            task=task,
+            reward=base.reward,
+            max_turns=base.max_turns,
             config_hash=self.fingerprint,
-            latency=item.latency,
         )
         traj.metadata.update(
             key=item.key,
             phase=item.phase,
             label=item.policy,
-            policy_spec=entry.spec,
-            speed=options.speed.name if self.suite.clock == "virtual" else "measured",
+            policy_spec=spec.policy,
+            speed=spec.speed.name if self.suite.clock == "virtual" else "measured",
             family=family_of(item.task_id),
             difficulty=task.spec.difficulty,
             budget_label=item.budget,

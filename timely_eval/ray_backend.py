@@ -3,8 +3,9 @@
 For users who outgrow one machine. The driver keeps everything that makes a run resumable (the
 plan, the keys, the JSONL it appends to); workers only play. Policies and tool servers are not
 picklable, so each :class:`EpisodeWorker` actor receives the suite (as JSON), builds one
-:class:`~timely_eval.episodes.Runtime` from it and keeps it for the whole run, both phases: a
-local model loads once per actor, not once per chunk. An actor plays a chunk of episode items
+:class:`~timely_eval.episodes.SuiteRuntime` (over a :class:`~timely.rollout.Runtime`) from it
+and keeps it for the whole run, both phases: a local model loads once per actor, not once per
+chunk. An actor plays a chunk of episode items
 through the same :class:`~timely_eval.runner.LocalExecutor` and loop as the local backend and
 returns trajectories as JSON lines; the driver hands the next chunk to whichever actor is idle
 and appends each chunk's trajectories as soon as it returns, so a killed run loses at most the
@@ -142,7 +143,8 @@ class WorkQueue:
 
 
 class EpisodeWorker:
-    """The body of one Ray actor: a :class:`Runtime` of the suite, kept across chunks.
+    """The body of one Ray actor: a :class:`~timely_eval.episodes.SuiteRuntime` of the suite,
+    kept across chunks.
 
     All methods are coroutines, so Ray runs the actor as an async actor: one event loop in the
     actor's process, alive between calls, which the runtime's policies, locks and in-process
@@ -169,11 +171,11 @@ class EpisodeWorker:
         An episode that cannot be played is an error of that episode (as in the local
         backend); only the death of this process fails the call.
         """
-        from timely_eval.episodes import Runtime
+        from timely_eval.episodes import SuiteRuntime
         from timely_eval.runner import LocalExecutor
 
         if self._runtime is None:  # built on first use, inside the actor's event loop
-            self._runtime = await self._stack.enter_async_context(Runtime(self.suite))
+            self._runtime = await self._stack.enter_async_context(SuiteRuntime(self.suite))
         items = [EpisodeItem.model_validate_json(s) for s in items_json]
         results: ChunkResult = []
         await LocalExecutor(self._runtime).execute(

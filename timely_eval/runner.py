@@ -29,7 +29,7 @@ from timely.runrecord import write_run_record
 from timely.task import make_task
 from timely.types import Trajectory
 from timely_eval.calibration import calibration_summary, relative_budgets
-from timely_eval.episodes import EpisodeLog, Runtime, append_jsonl
+from timely_eval.episodes import EpisodeLog, SuiteRuntime, append_jsonl
 from timely_eval.metrics import aggregate
 from timely_eval.plan import EpisodeItem, fingerprint, plan_calibration, plan_eval
 from timely_eval.suite import Suite, TaskEntry, check_policies, check_registered
@@ -89,14 +89,15 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Plays items concurrently in this process, ``suite.concurrency`` at a time."""
+    """Plays items concurrently in this process, ``suite.concurrency`` at a time (the
+    runtime's limiter)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: SuiteRuntime) -> None:
         self.runtime = runtime
 
     async def execute(self, items: list[EpisodeItem], on_result: OnResult) -> None:
         """Play ``items``; ``on_result(item, trajectory or None, error or None)`` for each."""
-        limiter = anyio.CapacityLimiter(self.runtime.suite.concurrency)
+        limiter = self.runtime.runtime.limiter  # the runtime's one concurrency limit
 
         async def one(item: EpisodeItem, token: object) -> None:
             traj: Trajectory | None = None
@@ -125,7 +126,7 @@ async def open_executor(suite: Suite) -> AsyncIterator[Executor]:
         with RayExecutor(suite) as ray_executor:
             yield ray_executor
         return
-    async with Runtime(suite) as runtime:
+    async with SuiteRuntime(suite) as runtime:
         yield LocalExecutor(runtime)
 
 

@@ -43,7 +43,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from timely import asgi
 from timely.budget import Budget
 from timely.errors import RegistryError, TaskError, ToolServerUnavailable
-from timely.policies.base import Policy, make_policy
+from timely.policies.base import Policy
+from timely.rollout import Runtime
 from timely.runrecord import write_run_record
 from timely.serve.chat_task import ChatTask
 from timely.serve.config import ServeConfig
@@ -57,8 +58,7 @@ from timely.serve.metrics import ServeMetrics
 from timely.serve.runs import Run, RunManager, wait_for_run
 from timely.serve.schemas import ChatMessage, ChatRequest, RunRequest
 from timely.task import Task, make_task
-from timely.tool_servers import in_process_app
-from timely.toolclient import ToolBackend, ToolClient
+from timely.toolclient import ToolBackend
 from timely.types import EndReason
 
 log = logging.getLogger("timely.serve")
@@ -79,8 +79,8 @@ class _Services:
     ) -> None:
         self.config = config
         self.policy, self.tools = policy, tools
-        self._own_policy, self._own_tools = policy is None, tools is None
-        self._tool_client: ToolClient | None = None
+        # What the endpoint builds itself (policy, tool backend) comes from a runtime it owns.
+        self._runtime = Runtime(tool_server=config.tools)
         self._served: dict[str, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
         self.manager: RunManager | None = None
@@ -95,12 +95,9 @@ class _Services:
                     options = dict(self.config.policy_options)
                     if self.config.max_new_tokens:
                         options.setdefault("max_new_tokens", self.config.max_new_tokens)
-                    self.policy = await asyncio.to_thread(
-                        make_policy, self.config.policy, **options
-                    )
+                    self.policy = await self._runtime.policy(self.config.policy, options)
                 if self.tools is None:
-                    self._tool_client = _tool_client(self.config)
-                    self.tools = await self._tool_client.__aenter__()
+                    self.tools = await self._runtime.tools(self.config.tool_latency)
                 if self.config.out:
                     write_run_record(self.config.out, _recorded(self.config), seeds=[])
                 self.manager = RunManager(self.policy, self.tools, self.config, self.metrics)
@@ -120,17 +117,7 @@ class _Services:
     async def close(self) -> None:
         if self.manager is not None:
             await self.manager.close()
-        if self._tool_client is not None:
-            await self._tool_client.__aexit__(None, None, None)
-        aclose = getattr(self.policy, "aclose", None)
-        if self._own_policy and aclose is not None:
-            await aclose()
-
-
-def _tool_client(config: ServeConfig) -> ToolClient:
-    if config.tools:
-        return ToolClient(config.tools)
-    return ToolClient.in_process(in_process_app(latency=config.tool_latency))
+        await self._runtime.aclose()  # the tool client and the policy it built, not given ones
 
 
 def _recorded(config: ServeConfig) -> ServeConfig:

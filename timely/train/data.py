@@ -39,9 +39,9 @@ from timely.errors import TrainingDataError
 from timely.policies.hf_models import EMBEDDED_MODEL
 from timely.prompting import ToolFormat, assistant_text, prompt_token_ids, resolve_tool_format
 from timely.rng import make_rng
+from timely.rollout import NO_LIMIT_S
 from timely.runrecord import TRAJECTORIES, read_run
 from timely.train.config import DataConfig
-from timely.train.episodes import NO_LIMIT_S
 from timely.train.experts import clock_reads, play_experts
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason, Message, Trajectory, write_jsonl

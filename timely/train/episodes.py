@@ -1,5 +1,5 @@
-"""What cold-start data and Timely-RL share about episodes: drawing a setting, calibrating budgets
-against the expert, and a pool of in-process tool servers, one per latency.
+"""What cold-start data and Timely-RL share about episodes: drawing a setting and calibrating
+budgets against the expert (through the :class:`~timely.rollout.Runtime` they play in).
 
 A training episode is the eval's episode with a drawn *setting*: a tool latency, a time-status
 mode, a budget (a multiple of the scripted expert's unconstrained time on the same instance, or
@@ -10,32 +10,32 @@ trainer draw settings here, from a seeded numpy Generator, and play them through
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from timely.budget import Budget, TimeAwareness
-from timely.clock import SpeedProfile, VirtualClock, speed_profile
-from timely.loop import EpisodeOptions, run_episode
-from timely.policies.base import make_policy
+from timely.budget import Budget
+from timely.clock import SpeedProfile
+from timely.loop import EpisodeOptions
 from timely.reward import RewardConfig, compute_reward, outcome
+from timely.rollout import (
+    NO_LIMIT_S,
+    EpisodeSpec,
+    Runtime,
+    draw_speed_factor,
+    episode_options,
+    log_uniform,
+    scaled_speed,
+    time_awareness,
+)
 from timely.task import Task, make_task
-from timely.tool_servers import in_process_app
-from timely.toolclient import ToolBackend, ToolClient
 from timely.train.config import RLConfig
 from timely.types import Trajectory
 
-# "No time limit" is a budget that never binds; the model is told nothing about time.
-NO_LIMIT_S = 1e6
-
-
 # (task, latency, time mode) -> the unconstrained seconds a relative budget multiplies.
-Calibrator = Callable[[Task, str, str], Awaitable[float]]
+Unconstrained = Callable[[Task, str, str], Awaitable[float]]
 
 
 @dataclass(frozen=True)
@@ -56,93 +56,44 @@ class Setting:
         return Budget(seconds=self.budget_s)
 
     def options(self, reward: RewardConfig, max_turns: int | None = None) -> EpisodeOptions:
-        time = (
-            TimeAwareness(mode=self.time_mode)  # type: ignore[arg-type]
-            if self.limited
-            else TimeAwareness(mode="none", show_budget=False)
+        return episode_options(
+            time=self.time_mode, speed=self.speed, reward=reward, max_turns=max_turns
         )
-        return EpisodeOptions(time=time, reward=reward, speed=self.speed, max_turns=max_turns)
 
+    def episode(
+        self,
+        task: Task,
+        *,
+        task_options: dict[str, Any] | None = None,
+        budget: Budget | None = None,
+        speed: SpeedProfile | None = None,
+        sample: int = 0,
+    ) -> EpisodeSpec:
+        """The episode of ``task`` under this setting.
 
-def scaled_speed(base: str | SpeedProfile, factor: float) -> SpeedProfile:
-    """``base`` slowed down by ``factor`` (2.0: generation takes twice as long)."""
-    p = speed_profile(base)
-    if factor == 1.0:
-        return p
-    return p.model_copy(
-        update={
-            "name": f"{p.name}x{factor:.2f}",
-            "prefill_tok_s": p.prefill_tok_s / factor,
-            "decode_tok_s": p.decode_tok_s / factor,
-            "overhead_s": p.overhead_s * factor,
-        }
-    )
-
-
-def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
-
-
-class ToolPool:
-    """One in-process tool server per latency spec, opened on first use."""
-
-    def __init__(self, stack: contextlib.AsyncExitStack, seed: int = 0) -> None:
-        self._stack, self._seed = stack, seed
-        self._clients: dict[str, ToolBackend] = {}
-
-    async def get(self, latency: str) -> ToolBackend:
-        if latency not in self._clients:
-            app = in_process_app(latency=latency, seed=self._seed)
-            self._clients[latency] = await self._stack.enter_async_context(
-                ToolClient.in_process(app)
-            )
-        return self._clients[latency]
-
-
-@contextlib.asynccontextmanager
-async def tool_pool(seed: int = 0) -> AsyncIterator[ToolPool]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield ToolPool(stack, seed)
-
-
-async def expert_seconds(
-    pool: ToolPool,
-    task: Task,
-    latency: str,
-    speed: str | SpeedProfile,
-    time_mode: str = "push",
-    expert: str = "scripted:oracle",
-) -> float:
-    """The expert's unconstrained time on ``task`` at ``latency``: what relative budgets scale.
-
-    Played on a virtual clock with a budget that never binds; deterministic per argument set.
-    """
-    key = (task.id, task.spec.split, task.spec.seed, latency, speed_profile(speed), time_mode)
-    if key in _expert_cache:
-        return _expert_cache[key]
-    traj = await run_episode(
-        _expert(expert),
-        task,
-        await pool.get(latency),
-        VirtualClock(),
-        Budget(seconds=NO_LIMIT_S),
-        options=EpisodeOptions(time=TimeAwareness(mode=time_mode), speed=speed_profile(speed)),  # type: ignore[arg-type]
-    )
-    _expert_cache[key] = max(traj.elapsed_s, 1e-3)
-    return _expert_cache[key]
-
-
-_expert_cache: dict[tuple[Any, ...], float] = {}
-
-
-@functools.cache
-def _expert(spec: str) -> Any:
-    return make_policy(spec)
+        Args:
+            task: the instance (built with ``task_options``).
+            task_options: the options it was built with (recorded in the spec).
+            budget: default :meth:`budget` (the RL ablation passes its own).
+            speed: default the setting's (a rollout's own speed factor replaces it).
+            sample: which member of its group.
+        """
+        return EpisodeSpec(
+            task_id=task.id,
+            seed=task.spec.seed,
+            split=task.spec.split,
+            task_options=dict(task_options or {}),
+            latency=self.latency,
+            budget=budget or self.budget(),
+            time=time_awareness(self.time_mode),
+            speed=speed or self.speed,
+            sample=sample,
+        )
 
 
 async def draw_setting(
     rng: np.random.Generator,
-    pool: ToolPool,
+    runtime: Runtime,
     task: Task,
     *,
     latencies: Sequence[str],
@@ -151,7 +102,7 @@ async def draw_setting(
     no_limit_share: float,
     speed: str | SpeedProfile,
     speed_factor: tuple[float, float] = (1.0, 1.0),
-    unconstrained: Calibrator | None = None,
+    unconstrained: Unconstrained | None = None,
 ) -> Setting:
     """Draw one episode's setting; the budget is ``multiplier x`` the expert's time there.
 
@@ -159,23 +110,23 @@ async def draw_setting(
     does not depend on which branch a draw took.
 
     Args:
+        runtime: its calibrator measures the unconstrained time.
         unconstrained: ``(task, latency, time_mode) -> seconds``, the unconstrained time the
-            budget is a multiple of; default :func:`expert_seconds` (the scripted oracle at
-            ``speed``). Training passes the tokenizer-charged oracle
-            (:func:`timely.train.experts.tokenized_seconds`), so budgets match the clock the
-            model's turns are charged on.
+            budget is a multiple of; default the scripted oracle at ``speed``
+            (:meth:`timely.rollout.Calibrator.oracle_seconds`). Training passes the
+            tokenizer-charged oracle (:func:`timely.train.experts.tokenized_calibrator`), so
+            budgets match the clock the model's turns are charged on.
     """
     latency = str(latencies[int(rng.integers(len(latencies)))])
     mode = str(time_modes[int(rng.integers(len(time_modes)))])
     multiplier = log_uniform(rng, *multipliers)
     unlimited = bool(rng.random() < no_limit_share)
-    factor = log_uniform(rng, *speed_factor) if speed_factor[0] < speed_factor[1] else 1.0
-    profile = scaled_speed(speed, factor)
+    profile = scaled_speed(speed, draw_speed_factor(rng, speed_factor))
     if unlimited:
         return Setting(latency, "none", NO_LIMIT_S, None, profile)
     # Calibrated at the base speed: a slowed-down sample must notice it from the clock.
     if unconstrained is None:
-        expert_s = await expert_seconds(pool, task, latency, speed, mode)
+        expert_s = await runtime.calibrator.oracle_seconds(task, latency, speed, mode)
     else:
         expert_s = await unconstrained(task, latency, mode)
     return Setting(latency, mode, round(multiplier * expert_s, 3), multiplier, profile)

@@ -22,8 +22,8 @@ next step would not fit in the time left, answers with the best partial result i
   embedded model is charged for the same text (prompts 1.3-1.7x, replies ~3x more tokens by the
   tokenizer). :class:`TokenizedExpert` reports the tokenizer's counts of exactly the prompt and
   reply text a local policy would see and write, so the clock readings in the data are the ones
-  the trained model will meet; :func:`tokenized_seconds` calibrates relative budgets against the
-  same counts.
+  the trained model will meet; :func:`tokenized_calibrator` calibrates relative budgets against
+  the same counts.
 """
 
 from __future__ import annotations
@@ -34,24 +34,17 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from timely.budget import GET_DURATION_TOOL, Budget, TimeAwareness
-from timely.clock import VirtualClock, speed_profile
+from timely.budget import GET_DURATION_TOOL
+from timely.clock import VirtualClock
 from timely.config import config_hash
-from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import Deadline, Policy, bind_policy, make_policy
 from timely.policies.scripted import prompt_chars
 from timely.prompting import CHARS_PER_TOKEN, ToolFormat, assistant_text, prompt_token_ids
 from timely.rng import make_rng
+from timely.rollout import Runtime
 from timely.task import ScriptedSolution, make_task
 from timely.train.config import DataConfig
-from timely.train.episodes import (
-    NO_LIMIT_S,
-    Calibrator,
-    Setting,
-    ToolPool,
-    draw_setting,
-    tool_pool,
-)
+from timely.train.episodes import Setting, Unconstrained, draw_setting
 from timely.types import Completion, EndReason, Message, ToolCall, Trajectory
 
 if TYPE_CHECKING:
@@ -191,52 +184,28 @@ def make_expert(
     return TokenizedExpert(expert, tokenizer) if tokenizer is not None else expert
 
 
-async def tokenized_seconds(
-    pool: ToolPool, task: Task, latency: str, time_mode: str, speed: Any, tokenizer: Any
-) -> float:
-    """The oracle's unconstrained time on ``task`` with ``tokenizer``'s token counts: what
-    relative budgets scale when expert turns are charged by the tokenizer (the counterpart of
-    :func:`timely.train.episodes.expert_seconds`)."""
-    direct = isinstance(task, _DirectView)
-    key = (
-        task.id,
-        task.spec.split,
-        task.spec.seed,
-        latency,
-        time_mode,
-        speed_profile(speed),
-        direct,
-    )
-    if key not in _seconds_cache:
-        traj = await run_episode(
-            TokenizedExpert(make_policy("scripted:oracle"), tokenizer),
-            task,
-            await pool.get(latency),
-            VirtualClock(),
-            Budget(seconds=NO_LIMIT_S),
-            options=EpisodeOptions(
-                time=TimeAwareness(mode=time_mode),  # type: ignore[arg-type]
-                speed=speed_profile(speed),
-            ),
-        )
-        _seconds_cache[key] = max(traj.elapsed_s, 1e-3)
-    return _seconds_cache[key]
-
-
-_seconds_cache: dict[tuple[Any, ...], float] = {}
-
-
 def tokenized_calibrator(
-    pool: ToolPool, speed: Any, tokenizer: Any, solution: str = "reference"
-) -> Calibrator:
-    """:func:`tokenized_seconds` as a :data:`~timely.train.episodes.Calibrator` for
+    runtime: Runtime, speed: Any, tokenizer: Any, solution: str = "reference"
+) -> Unconstrained:
+    """The oracle's unconstrained time with ``tokenizer``'s token counts, for
     :func:`~timely.train.episodes.draw_setting`: relative budgets of data and RL rollouts alike
-    scale the oracle's time (replaying ``solution``, see :func:`expert_view`) with turns
-    charged by ``tokenizer``'s counts."""
+    scale the oracle's time (replaying ``solution``, see :func:`expert_view`) with turns charged
+    by the tokenizer, so budgets match the clock the model's turns are charged on. Measured and
+    cached by the runtime's :class:`~timely.rollout.Calibrator`."""
+    expert = TokenizedExpert(make_policy("scripted:oracle"), tokenizer)
+    name = f"scripted:oracle|tokenizer={getattr(tokenizer, 'name_or_path', '') or id(tokenizer)}"
 
     async def unconstrained(task: Task, latency: str, time_mode: str) -> float:
         view = expert_view(task, solution)
-        return await tokenized_seconds(pool, view, latency, time_mode, speed, tokenizer)
+        return await runtime.calibrator.seconds(
+            view,
+            latency=latency,
+            time_mode=time_mode,
+            speed=speed,
+            expert=expert,
+            expert_name=name,
+            variant="direct" if isinstance(view, _DirectView) else "reference",
+        )
 
     return unconstrained
 
@@ -339,13 +308,13 @@ async def play_experts(
     """
     played: list[Trajectory] = []
     with _bar(progress, sum(config.episodes_for(t) for t in config.tasks)) as advance:
-        async with tool_pool(config.seed) as pool:
+        async with Runtime(seed=config.seed) as runtime:
             for task_id in config.tasks:
                 rng = make_rng("cold-start", config.seed, task_id)
                 options = dict(config.task_options.get(task_id, {}))
                 for seed in range(config.episodes_for(task_id)):
                     task = make_task(task_id, seed=seed, split="train", **options)
-                    traj = await play_expert(config, pool, task, rng, options, tokenizer)
+                    traj = await play_expert(config, runtime, task, rng, options, tokenizer)
                     played.append(traj)
                     advance(task_id)
     return played
@@ -353,7 +322,7 @@ async def play_experts(
 
 async def play_expert(
     config: DataConfig,
-    pool: ToolPool,
+    runtime: Runtime,
     task: Task,
     rng: Any,
     options: dict[str, Any],
@@ -368,7 +337,7 @@ async def play_expert(
         raise ValueError("timing: tokenizer needs the SFT model's tokenizer (load_tokenizer)")
     setting = await draw_setting(
         rng,
-        pool,
+        runtime,
         task,
         latencies=config.latencies,
         time_modes=config.time_modes,
@@ -376,28 +345,26 @@ async def play_expert(
         no_limit_share=config.no_limit_share,
         speed=config.speed,
         unconstrained=(
-            tokenized_calibrator(pool, config.speed, tokenizer, config.solution)
+            tokenized_calibrator(runtime, config.speed, tokenizer, config.solution)
             if tokenizer
             else None
         ),
     )
-    task = expert_view(task, config.solution)
+    view = expert_view(task, config.solution)
     every = config.clock_every if setting.time_mode == "pull" else 0
-    traj = await run_episode(
+    traj = await runtime.play(
+        setting.episode(view, task_options=options),
         make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),
-        task,
-        await pool.get(setting.latency),
-        VirtualClock(),
-        setting.budget(),
-        options=setting.options(config.reward),
-        latency=setting.latency,
+        task=view,
+        reward=config.reward,
+        clock=VirtualClock(),
         config_hash=config_hash(config),
     )
     answered = traj.end_reason == EndReason.ANSWERED
     calls = traj.n_tool_calls - clock_reads(traj.messages)
     traj.metadata["setting"] = setting_record(setting)
     traj.metadata["task_options"] = options
-    traj.metadata["early"] = answered and calls < len(task.solution().calls)
+    traj.metadata["early"] = answered and calls < len(view.solution().calls)
     return traj
 
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +71,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from timely.clock import make_clock, wall_seconds
+from timely.clock import wall_seconds
 from timely.errors import TrainingDataError
-from timely.loop import run_episode
 from timely.policies.hf import HFPolicy
 from timely.rng import derive_seed
+from timely.rollout import Runtime, draw_speed_factor, scaled_speed
 from timely.task import Task, make_task
 from timely.train.adapters import (
     check_adapter_dir,
@@ -87,16 +86,7 @@ from timely.train.adapters import (
 from timely.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from timely.train.config import RLConfig
 from timely.train.curves import plot_curves
-from timely.train.episodes import (
-    Setting,
-    ToolPool,
-    draw_setting,
-    episode_budget,
-    episode_reward,
-    log_uniform,
-    scaled_speed,
-    tool_pool,
-)
+from timely.train.episodes import Setting, draw_setting, episode_budget, episode_reward
 from timely.train.experts import tokenized_calibrator
 from timely.train.objective import (
     ROLLOUT_MISMATCH_FIELDS,
@@ -195,13 +185,13 @@ async def _train(
     net = model.get_base_model()  # LoRA lives in its layers; its forward takes logits_to_keep
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     async with contextlib.AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(tool_pool(config.seed))
+        runtime = await stack.enter_async_context(Runtime(clock=config.clock, seed=config.seed))
         progress = stack.enter_context(Progress(done, config.steps))
         for step in range(done + 1, config.steps + 1):
             started = wall_seconds()
             policy = rollout_policy(net, tokenizer, step, config)
             groups = await rollout_batch(
-                step, net, tokenizer, pool, data_rng, config, policy=policy
+                step, net, tokenizer, runtime, data_rng, config, policy=policy
             )
             rolled = wall_seconds()
             played = [g.trajectories for g in groups]
@@ -263,7 +253,7 @@ async def rollout_batch(
     step: int,
     model: Any,
     tokenizer: Any,
-    pool: ToolPool,
+    runtime: Runtime,
     rng: np.random.Generator,
     config: RLConfig,
     *,
@@ -279,7 +269,7 @@ async def rollout_batch(
         step: the 1-based batch number (seeds the rollout sampling).
         model: the causal LM to sample from (a peft model's base model, adapter active).
         tokenizer: its tokenizer.
-        pool: tool servers by latency.
+        runtime: tool servers by latency, the calibrator, the clock kind.
         rng: the run's data Generator (advanced here).
         config: the RL config.
         policy: the rollout policy (default :func:`rollout_policy`); pass one to read its
@@ -292,7 +282,7 @@ async def rollout_batch(
         seed = int(rng.integers(2**31))
         setting = await draw_setting(
             rng,
-            pool,
+            runtime,
             instance(task_id, seed, config),
             latencies=config.latencies,
             time_modes=config.time_modes,
@@ -300,10 +290,11 @@ async def rollout_batch(
             no_limit_share=config.no_limit_share,
             speed=config.speed,
             # The same clock the rollouts are charged on: the tokenizer's counts, as in the data.
-            unconstrained=tokenized_calibrator(pool, config.speed, tokenizer, config.calibration),
+            unconstrained=tokenized_calibrator(
+                runtime, config.speed, tokenizer, config.calibration
+            ),
         )
-        low, high = config.speed_factor
-        factors = [log_uniform(rng, low, high) if low < high else low for _ in range(size)]
+        factors = [draw_speed_factor(rng, config.speed_factor) for _ in range(size)]
         groups.append(Group(task_id, seed, setting, factors))
 
     if policy is None:
@@ -311,19 +302,22 @@ async def rollout_batch(
     lockstep = _Lockstep(policy, n_prompts * size) if config.clock == "virtual" else None
 
     async def play(index: int, group: Group, sample: int) -> Trajectory:
-        setting = dataclasses.replace(
-            group.setting, speed=scaled_speed(config.speed, group.speed_factors[sample])
+        task = instance(group.task_id, group.seed, config)
+        spec = group.setting.episode(
+            task,
+            task_options=config.task_options.get(group.task_id, {}),
+            budget=episode_budget(group.setting, config),
+            speed=scaled_speed(config.speed, group.speed_factors[sample]),
+            sample=sample,
         )
         try:
-            return await run_episode(
+            return await runtime.play(
+                spec,
                 lockstep.member(index) if lockstep is not None else policy,
-                instance(group.task_id, group.seed, config),
-                await pool.get(setting.latency),
-                make_clock(config.clock),
-                episode_budget(setting, config),
-                options=setting.options(config.reward, config.max_turns),
-                sample=sample,
-                latency=setting.latency,
+                task=task,
+                reward=config.reward,
+                max_turns=config.max_turns,
+                tools=await runtime.tools(spec.latency),
             )
         finally:
             if lockstep is not None:

@@ -106,7 +106,9 @@ def _fresh_modules(code: str) -> dict[str, list[str]]:
 
 
 def test_importing_the_core_loads_no_layer_above_it():
-    loaded = _fresh_modules("import timely, timely.loop, timely.run, timely.task, timely.testing")
+    loaded = _fresh_modules(
+        "import timely, timely.loop, timely.rollout, timely.run, timely.task, timely.testing"
+    )
     above = {top: mods for top, mods in loaded.items() if top in ("timely_eval", "server", "tools")}
     assert not above, f"the core pulled in {above}"
     assert "torch" not in loaded and "fastapi" not in loaded, sorted(loaded)
@@ -151,10 +153,54 @@ def test_aliases_resolve_to_their_versioned_family():
 
 
 async def test_the_in_process_tool_server_comes_through_its_entry_point():
-    from timely.run import open_tools
+    from timely.rollout import open_tools
     from timely.tool_servers import TOOL_SERVERS
 
     assert "default" in TOOL_SERVERS
     async with open_tools(latency="constant:2.5") as tools:
         schemas = await tools.list_tools()
         assert any(s["function"]["name"] == "calculator" for s in schemas)
+
+
+# The rollout engine (timely/rollout.py) is the one place that builds tool servers and assembles
+# episode options; DESIGN.md, "One rollout engine around the loop".
+ENGINE = {"timely/rollout.py"}
+BUILDS_TOOL_SERVERS = ("in_process_app(", "ToolClient.in_process(", "create_app(ServerConfig(")
+# Still assembling its own options: the agent endpoint's run manager (its turn cap and time
+# status come from ServeConfig); move it to timely.rollout.episode_options.
+OWN_OPTIONS = {"timely/serve/runs.py"}
+
+
+def _sources(*packages: str) -> dict[str, str]:
+    return {
+        str(path.relative_to(ROOT)): path.read_text()
+        for package in packages
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def test_only_the_rollout_engine_builds_tool_servers():
+    sources = _sources("timely", "timely_eval")
+    # Where the in-process seam and the client are defined (their docstrings name them).
+    allowed = ENGINE | {"timely/tool_servers.py", "timely/toolclient/__init__.py"}
+    allowed |= {"timely/toolclient/client.py"}
+    found = [
+        f"{name}: {pattern}"
+        for name, text in sources.items()
+        for pattern in BUILDS_TOOL_SERVERS
+        if pattern in text and name not in allowed
+    ]
+    assert not found, (
+        "build tool servers through timely.rollout.Runtime.tools (one per latency):\n"
+        + "\n".join(found)
+    )
+
+
+def test_only_the_rollout_engine_assembles_episode_options():
+    sources = _sources("timely", "timely_eval")
+    found = [
+        name
+        for name, text in sources.items()
+        if "EpisodeOptions(" in text and name not in ENGINE | {"timely/loop.py"} | OWN_OPTIONS
+    ]
+    assert not found, f"assemble EpisodeOptions with timely.rollout.episode_options: {found}"

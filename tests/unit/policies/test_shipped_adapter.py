@@ -7,18 +7,18 @@ from timely.budget import Budget, TimeAwareness
 from timely.clock import VirtualClock
 from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import make_policy
+from timely.rollout import Runtime
 from timely.task import make_task
-from timely.train.episodes import tool_pool
 
 
 async def test_the_shipped_adapter_calls_the_calculator_on_a_train_prompt():
     policy = make_policy("hf:smollm2-135m-timely", max_new_tokens=64)
     task = make_task("math/arithmetic-v1", seed=0, split="train")
-    async with tool_pool() as pool:
+    async with Runtime() as runtime:
         traj = await run_episode(
             policy,
             task,
-            await pool.get("constant:1.0"),
+            await runtime.tools("constant:1.0"),
             VirtualClock(),
             Budget(seconds=60.0),
             options=EpisodeOptions(time=TimeAwareness(mode="push"), max_turns=2),

@@ -17,6 +17,7 @@ from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
 from timely.budget import GET_DURATION_TOOL
 from timely.policies.hf import HFPolicy
 from timely.prompting import assistant_text, render_prompt
+from timely.rollout import Runtime
 from timely.task import make_task
 from timely.train.config import DataConfig
 from timely.train.data import (
@@ -29,7 +30,6 @@ from timely.train.data import (
     trajectory_rows,
     with_token_records,
 )
-from timely.train.episodes import tool_pool
 from timely.train.experts import direct_solution, expert_view, play_expert
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason
@@ -148,10 +148,10 @@ async def test_half_the_expert_time_gets_an_early_answer_not_a_cut_off(task_id, 
         }
     )
     rng = np.random.default_rng(0)
-    async with tool_pool() as pool:
+    async with Runtime() as runtime:
         for seed in range(4):
             task = make_task(task_id, seed=seed, split="train", **options)
-            traj = await play_expert(config, pool, task, rng, options, etok)
+            traj = await play_expert(config, runtime, task, rng, options, etok)
             assert traj.end_reason == EndReason.ANSWERED and traj.compliant
             assert traj.metadata["early"] and traj.metadata["setting"]["multiplier"] == 0.5
             assert traj.final_answer in task.solution().fallback_answers
@@ -162,9 +162,9 @@ async def test_pull_mode_experts_read_the_clock_before_answering_early(etok):
         update={"budget_multipliers": (0.8, 0.8), "no_limit_share": 0.0, "time_modes": ("pull",)}
     )
     rng = np.random.default_rng(0)
-    async with tool_pool() as pool:
+    async with Runtime() as runtime:
         task = make_task("math/word-problems-v1", seed=0, split="train")
-        traj = await play_expert(config, pool, task, rng, {}, etok)
+        traj = await play_expert(config, runtime, task, rng, {}, etok)
     assert traj.metadata["early"]
     before_answer = traj.messages[-2]
     assert before_answer.role == "tool" and before_answer.name == GET_DURATION_TOOL
@@ -219,8 +219,8 @@ async def test_the_direct_expert_calls_the_calculator_once_with_the_whole_expres
     )
     task = make_task("math/arithmetic-v1", seed=2, split="train")
     expression = task.problem.text.removeprefix("Compute the exact value of the expression ")
-    async with tool_pool() as pool:
-        traj = await play_expert(config, pool, task, np.random.default_rng(0), {}, etok)
+    async with Runtime() as runtime:
+        traj = await play_expert(config, runtime, task, np.random.default_rng(0), {}, etok)
     calls = [c for m in traj.messages for c in (m.tool_calls or []) if c.name == "calculator"]
     assert [c.arguments["expression"] for c in calls] == [expression.removesuffix(".")]
     assert traj.end_reason == EndReason.ANSWERED and traj.score == 1.0 and traj.compliant

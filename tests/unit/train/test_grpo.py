@@ -24,8 +24,8 @@ from timely.clock import VirtualClock
 from timely.errors import ConfigError
 from timely.policies.base import Deadline
 from timely.policies.hf import HFPolicy
+from timely.rollout import Runtime
 from timely.train.config import LoraSettings, RLConfig
-from timely.train.episodes import tool_pool
 from timely.train.grpo import (
     batch_samples,
     episode_budget,
@@ -381,8 +381,8 @@ def test_an_empty_batch_takes_no_step(tok):
 
 # --- rollouts: exact records, so ratio == 1 at the first update ----------------------------------
 async def _rollouts(model, tok, config, step=1, seed=0):
-    async with tool_pool(config.seed) as pool:
-        return await rollout_batch(step, model, tok, pool, np.random.default_rng(seed), config)
+    async with Runtime(clock=config.clock, seed=config.seed) as runtime:
+        return await rollout_batch(step, model, tok, runtime, np.random.default_rng(seed), config)
 
 
 async def test_first_update_ratio_is_one_on_real_rollouts(calculator_model, tok):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from timely.rollout import Runtime
 from timely.train.config import DataConfig, EvalStageConfig, SFTConfig
-from timely.train.episodes import draw_setting, tool_pool, train_task
+from timely.train.episodes import draw_setting, train_task
 from timely.train.sft import use_bf16
 from timely_eval.suite import Suite
 from timely_eval.training import eval_suite
@@ -28,13 +29,13 @@ async def test_a_calibrator_sets_what_the_budget_multiplies():
 
     task = train_task("math/arithmetic-v1", 0)
     draws = dict(latencies=["constant:1.0"], time_modes=["push"], multipliers=(2.0, 2.0))
-    async with tool_pool() as pool:
+    async with Runtime() as runtime:
         setting = await draw_setting(
-            np.random.default_rng(0), pool, task, no_limit_share=0.0, speed="smollm2-cpu",
+            np.random.default_rng(0), runtime, task, no_limit_share=0.0, speed="smollm2-cpu",
             unconstrained=unconstrained, **draws,
         )  # fmt: skip
         default = await draw_setting(
-            np.random.default_rng(0), pool, task, no_limit_share=0.0, speed="smollm2-cpu",
+            np.random.default_rng(0), runtime, task, no_limit_share=0.0, speed="smollm2-cpu",
             **draws,
         )  # fmt: skip
     assert seen == [("math/arithmetic-v1", "constant:1.0", "push")]

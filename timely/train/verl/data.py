@@ -21,19 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from timely.clock import VirtualClock
 from timely.errors import ConfigError
-from timely.loop import run_episode
-from timely.policies.base import Deadline
 from timely.prompting import prompt_token_ids
 from timely.rng import derive_seed
+from timely.rollout import Runtime, opening
 from timely.task import Task, make_task
 from timely.train.config import RLConfig
-from timely.train.episodes import ToolPool, draw_setting, tool_pool
+from timely.train.episodes import Setting, draw_setting
 from timely.train.experts import tokenized_calibrator
 from timely.train.verl.config import AGENT_NAME, VerlConfig
 from timely.train.verl.rollout import row_extra_info
-from timely.types import Completion, Message
+from timely.types import Message
 
 Progress = Callable[[str, int, int], None]  # (split, rows done, rows)
 
@@ -50,8 +48,8 @@ async def export_split(
     rl = config.rl
     rng = np.random.default_rng(derive_seed(rl.seed, "verl-data", split))
     rows: list[dict[str, Any]] = []
-    async with tool_pool(rl.seed) as pool:
-        calibrate = tokenized_calibrator(pool, rl.speed, tokenizer, rl.calibration)
+    async with Runtime(seed=rl.seed) as runtime:
+        calibrate = tokenized_calibrator(runtime, rl.speed, tokenizer, rl.calibration)
         for i in range(n_rows):
             task_id = rl.tasks[i % len(rl.tasks)]
             options = rl.task_options.get(task_id, {})
@@ -67,7 +65,7 @@ async def export_split(
                 draw = dict(multipliers=(m, m), no_limit_share=0.0)
             setting = await draw_setting(
                 rng,
-                pool,
+                runtime,
                 task,
                 latencies=rl.latencies,
                 time_modes=rl.time_modes,
@@ -75,7 +73,7 @@ async def export_split(
                 unconstrained=calibrate,
                 **draw,  # type: ignore[arg-type]
             )
-            messages, tools = await first_prompt(pool, task, setting, rl)
+            messages, tools = await first_prompt(runtime, task, setting, rl)
             n_tokens = len(prompt_token_ids(tokenizer, messages, tools))
             if n_tokens > config.verl.prompt_length:
                 raise ConfigError(
@@ -121,41 +119,12 @@ def _ground_truth(task: Task) -> str:
 
 
 async def first_prompt(
-    pool: ToolPool, task: Task, setting: Any, rl: RLConfig
+    runtime: Runtime, task: Task, setting: Setting, rl: RLConfig
 ) -> tuple[list[Message], list[dict[str, Any]]]:
-    """The messages and tools of the episode's first model call, as the loop builds them.
-
-    Played through the loop itself with a policy that answers at once, so the exported prompt
-    is what the agent loop will send (system prompt, budget line, tools offered).
-    """
-    probe = _FirstCall()
-    await run_episode(
-        probe,
-        task,
-        await pool.get(setting.latency),
-        VirtualClock(),
-        setting.budget(),
-        options=setting.options(rl.reward, rl.max_turns),
-    )
-    if probe.seen is None:
-        raise ConfigError(f"{task.id}: the episode ended before its first model call")
-    return probe.seen
-
-
-class _FirstCall:
-    """A policy that records its first prompt and answers nothing."""
-
-    name = "first-prompt"
-
-    def __init__(self) -> None:
-        self.seen: tuple[list[Message], list[dict[str, Any]]] | None = None
-
-    async def generate(
-        self, messages: list[Message], tools: list[dict[str, Any]], *, deadline: Deadline
-    ) -> Completion:
-        if self.seen is None:
-            self.seen = (list(messages), list(tools))
-        return Completion(text="")
+    """The messages and tools of the episode's first model call, as the loop builds them
+    (:func:`timely.rollout.opening`: system prompt, budget line, tools offered)."""
+    tools = await runtime.tools(setting.latency) if task.spec.tools else None
+    return await opening(task, setting.options(rl.reward, rl.max_turns), setting.budget_s, tools)
 
 
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:

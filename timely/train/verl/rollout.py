@@ -32,10 +32,11 @@ from timely.loop import opening_messages, run_episode
 from timely.policies.token_server import TokenServer, TokenServerPolicy
 from timely.prompting import prompt_token_ids
 from timely.reward import RewardConfig
+from timely.rollout import draw_speed_factor, scaled_speed
 from timely.task import Task, make_task
 from timely.toolclient import ToolBackend
 from timely.train.config import RLConfig, _Frozen
-from timely.train.episodes import Setting, episode_budget, log_uniform, scaled_speed
+from timely.train.episodes import Setting, episode_budget
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason, Trajectory
 
@@ -147,8 +148,7 @@ async def play_row(
     """
     rl = settings.rl
     task, setting = row_task(extra_info)
-    low, high = rl.speed_factor
-    factor = log_uniform(rng or np.random.default_rng(), low, high) if low < high else low
+    factor = draw_speed_factor(rng or np.random.default_rng(), rl.speed_factor)
     setting = dataclasses.replace(setting, speed=scaled_speed(rl.speed, factor))
     policy = TokenServerPolicy(
         server,
