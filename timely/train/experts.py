@@ -35,7 +35,6 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from timely.budget import GET_DURATION_TOOL
-from timely.clock import VirtualClock
 from timely.config import config_hash
 from timely.policies.base import Deadline, Policy, bind_policy, make_policy
 from timely.policies.scripted import prompt_chars
@@ -308,7 +307,7 @@ async def play_experts(
     """
     played: list[Trajectory] = []
     with _bar(progress, sum(config.episodes_for(t) for t in config.tasks)) as advance:
-        async with Runtime(seed=config.seed) as runtime:
+        async with Runtime(clock="virtual", seed=config.seed) as runtime:
             for task_id in config.tasks:
                 rng = make_rng("cold-start", config.seed, task_id)
                 options = dict(config.task_options.get(task_id, {}))
@@ -357,7 +356,6 @@ async def play_expert(
         make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),
         task=view,
         reward=config.reward,
-        clock=VirtualClock(),
         config_hash=config_hash(config),
     )
     answered = traj.end_reason == EndReason.ANSWERED
