@@ -27,8 +27,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.admin import install_admin_routes
+from server.calls import ToolCallEndpoint
 from server.config import ServerConfig
 from server.core import ToolServer
 from server.errors import install_error_handlers
@@ -43,6 +45,7 @@ from timely.clock import WallClock
 __all__ = [
     "ServerConfig",
     "ToolServer",
+    "ToolServerApp",
     "close_state",
     "create_app",
     "freeze_startup_objects",
@@ -55,7 +58,7 @@ log = logging.getLogger(__name__)
 _WALL = WallClock()
 
 
-def create_app(config: ServerConfig, registry: ToolRegistry | None = None) -> FastAPI:
+def create_app(config: ServerConfig, registry: ToolRegistry | None = None) -> ToolServerApp:
     """Build the tool server's ASGI app.
 
     Args:
@@ -93,7 +96,7 @@ def create_app(config: ServerConfig, registry: ToolRegistry | None = None) -> Fa
                 await sweeper
             state.sessions.close_all()
 
-    app = FastAPI(
+    app = ToolServerApp(
         title="Timely Machine tool server",
         version="1",
         description="Simulated tools with controllable latency, faults and sessions. "
@@ -102,21 +105,58 @@ def create_app(config: ServerConfig, registry: ToolRegistry | None = None) -> Fa
     )
     app.state.tool_server = state
     install_error_handlers(app)
-    install_routes(app, state)
+    calls: ASGIApp = ToolCallEndpoint(state)
+    install_routes(app, state, calls)
     install_admin_routes(app, state)
     _route_first(app, "/tools/{name}")
     if mcp is not None:
         app.router.routes.append(Route("/mcp", endpoint=mcp))
+    # Innermost first. Every request passes the same layers, the hot route included.
+    layers: list[tuple[type[Any], dict[str, Any]]] = []
     if config.api_key is not None:
         tokens = [config.api_key.get_secret_value()]
         if config.admin_token is not None:
             tokens.append(config.admin_token.get_secret_value())
-        app.add_middleware(BearerAuthMiddleware, tokens=tokens)
+        layers.append((BearerAuthMiddleware, {"tokens": tokens}))
     # Outside auth, so a 401 to an unauthenticated upload is read by the client too.
-    app.add_middleware(DrainUnreadBodyMiddleware, max_bytes=config.drain_body_bytes)
+    layers.append((DrainUnreadBodyMiddleware, {"max_bytes": config.drain_body_bytes}))
     if config.access_log:
-        app.add_middleware(AccessLogMiddleware)  # outermost: it sees 401s too
+        layers.append((AccessLogMiddleware, {}))  # outermost: it sees 401s too
+    for layer, options in layers:
+        app.add_middleware(layer, **options)
+        calls = layer(calls, **options)
+    app.tool_calls = calls
     return app
+
+
+class ToolServerApp(FastAPI):
+    """The tool server's FastAPI app, with ``POST /tools/{name}`` dispatched before FastAPI.
+
+    Tool calls are the hot path: they go straight to :class:`server.calls.ToolCallEndpoint`
+    behind the server's own middleware (``tool_calls``), skipping the framework's stack around
+    the router (error and exception middleware, native telemetry, route matching), which cost a
+    zero-latency call more than the call itself. Every other request, and a tool call under a
+    ``root_path``, takes the normal route, whose app is the same endpoint.
+    """
+
+    tool_calls: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        calls = self.tool_calls
+        if (
+            calls is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            path: str = scope["path"]
+            if path.startswith("/tools/"):
+                name = path[7:]
+                if name and "/" not in name:
+                    scope["path_params"] = {"name": name}
+                    await calls(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def _route_first(app: FastAPI, path: str) -> None:

@@ -16,11 +16,9 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio.lowlevel
 from jsonschema.exceptions import best_match
 
 from server.config import ServerConfig
@@ -31,6 +29,7 @@ from server.latency import LatencyConfig
 from server.metrics import OTHER_TOOL, Metrics
 from server.registry import ToolDef, ToolRegistry, default_registry
 from server.sessions import Session, SessionStore
+from server.waits import Wait, wait_until
 from timely.clock import WallClock, wall_seconds
 from timely.errors import ConfigError, RegistryError
 from timely.rng import make_rng
@@ -39,24 +38,6 @@ from tools.base import ToolContext, ToolInputError
 log = logging.getLogger("timely.server")
 
 _WALL = WallClock()
-
-# Waits up to the given seconds (a façade's waiter also returns early by raising ClientGone).
-Wait = Callable[[float], Awaitable[None]]
-
-# asyncio's selector rounds its timeout up to whole milliseconds twice (Python 3.11's
-# EpollSelector, then epoll itself), so a plain sleep ends up to ~2 ms late. The last stretch of
-# an injected wait is spent yielding to the loop instead, which ends it within microseconds of
-# its target while the other calls keep running.
-_SPIN_S = 0.0022
-
-
-async def wait_until(end: float, wait: Wait = _WALL.sleep) -> None:
-    """Wait until ``wall_seconds() >= end``: ``wait`` for the bulk, then yield precisely."""
-    left = end - wall_seconds()
-    if left > _SPIN_S:
-        await wait(left - _SPIN_S)
-    while wall_seconds() < end:
-        await anyio.lowlevel.checkpoint()
 
 
 class ClientGone(Exception):
@@ -75,6 +56,9 @@ class CallOutcome:
     fault: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     work_s: float = 0.0
+    # ``body["result"]`` as compact JSON, encoded once when the result was checked, so the HTTP
+    # façade need not encode it again (results can be large: game screens, program output).
+    result_json: str | None = None
 
     @property
     def error_type(self) -> str | None:
@@ -307,6 +291,7 @@ class ToolServer:
         if fault is Fault.ERROR:
             message = f"tool {name!r} failed: injected fault (a simulated tool failure)"
             result, error, timed_out, service = None, _err("tool_error", message), False, 0.0
+            result_json = "null"
         else:
             # Virtual time does not pass while a tool works, and its real work is not charged:
             # cutting it at the virtual deadline would make a replay depend on how loaded the
@@ -323,7 +308,7 @@ class ToolServer:
                 state=session.state if session else None,
                 deadline_s=work_left,
             )
-            result, error, timed_out, service = await _run_handler(
+            result, result_json, error, timed_out, service = await _run_handler(
                 tooldef, arguments, ctx, work_left
             )
             if virtual:  # on a wall clock the work is in the measured time already
@@ -352,7 +337,9 @@ class ToolServer:
             "error": error,
             "fault": tag,
         }
-        return CallOutcome(name, 200, body, latency, service, tag, work_s=work)
+        return CallOutcome(
+            name, 200, body, latency, service, tag, work_s=work, result_json=result_json
+        )
 
     async def _expired(
         self,
@@ -393,10 +380,15 @@ def _error_body(
 
 async def _run_handler(
     tooldef: ToolDef, arguments: dict[str, Any], ctx: ToolContext, work_left: float | None
-) -> tuple[Any, dict[str, str] | None, bool, float]:
-    """Run a handler: (result, error, timed_out, service seconds). Never raises for tool faults."""
+) -> tuple[Any, str, dict[str, str] | None, bool, float]:
+    """Run a handler: (result, result as JSON, error, timed_out, service seconds).
+
+    Never raises for tool faults. The result is encoded here, once: that is the check that it can
+    be sent (no NaN, no unpaired surrogates), and the HTTP façade sends these bytes.
+    """
     t0 = wall_seconds()
     result: Any = None
+    encoded = "null"
     error: dict[str, str] | None = None
     cutoff = (
         contextlib.nullcontext() if work_left is None else _WALL.cutoff(_WALL.now() + work_left)
@@ -408,13 +400,16 @@ async def _run_handler(
                 if inspect.isawaitable(result):
                     result = await result
                 # Fail here, not while sending: no NaN, no unpaired surrogates.
-                json.dumps(result, allow_nan=False, ensure_ascii=False).encode("utf-8")
+                encoded = json.dumps(
+                    result, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+                )
+                encoded.encode("utf-8")
             except ToolInputError as exc:
-                result, error = None, _err("tool_input_error", str(exc))
+                result, encoded, error = None, "null", _err("tool_input_error", str(exc))
             except Exception as exc:  # noqa: BLE001 - a crashing tool is an observation, not a 500
                 log.exception("tool %r crashed", tooldef.name)
                 message = f"tool {tooldef.name!r} failed: {type(exc).__name__}: {exc}"
-                result, error = None, _err("tool_error", message)
+                result, encoded, error = None, "null", _err("tool_error", message)
     except TimeoutError:
-        return None, None, True, wall_seconds() - t0
-    return result, error, False, wall_seconds() - t0
+        return None, "null", None, True, wall_seconds() - t0
+    return result, encoded, error, False, wall_seconds() - t0

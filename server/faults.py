@@ -11,6 +11,7 @@ client and the trajectory know what happened.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -139,9 +140,12 @@ class FaultConfig(BaseModel):
         """The rates that apply to ``tool``."""
         return self.per_tool.get(tool, self.default)
 
-    @property
+    @cached_property
     def enabled(self) -> bool:
-        """True when any tool can fault (draws are skipped entirely otherwise)."""
+        """True when any tool can fault (draws are skipped entirely otherwise).
+
+        Cached: every call asks, and the config is frozen.
+        """
         return self.default.enabled or any(s.enabled for s in self.per_tool.values())
 
     def describe(self) -> str:

@@ -14,18 +14,19 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import ASGIApp
 
-from server.core import CallOutcome, ClientGone, ToolServer, Wait
+from server.core import ToolServer
 from server.errors import ApiError, ErrorDetail, error_responses, pydantic_message
 from server.metrics import CONTENT_TYPE_LATEST
 from timely import asgi
-from timely.clock import WallClock, wall_seconds
+from timely.clock import wall_seconds
 
 CLOCK_HEADER = "X-Timely-Clock"
 DEADLINE_HEADER = "X-Timely-Deadline-S"
 LOG_SCOPE_KEY = "timely.log"  # the access log reads what a route learned about the call here
+CALL_SHAPE = '{"arguments": {...}, "session_id": "..." or null}'
 
-_WALL = WallClock()
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -148,6 +149,11 @@ def parse_json(raw: bytes, model: type[M], expected: str, *, empty_ok: bool = Fa
         data = asgi.decode_json(raw)
     except asgi.InvalidJSON as exc:
         raise ApiError(400, "invalid_json", str(exc)) from None
+    return validate(data, model, expected)
+
+
+def validate(data: Any, model: type[M], expected: str) -> M:
+    """Decoded JSON as ``model`` (422 naming the failing fields and the ``expected`` shape)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -181,35 +187,15 @@ def log_fields(request: Request) -> dict[str, Any]:
     return fields if isinstance(fields, dict) else {}
 
 
-def _wait_unless_gone(request: Request) -> Wait:
-    """A wall-clock wait that ends early (ClientGone) when the client disconnects."""
+def install_routes(app: FastAPI, server: ToolServer, call_endpoint: ASGIApp) -> None:
+    """Add the plain-HTTP routes of ``server`` to ``app``.
 
-    async def wait(seconds: float) -> None:
-        try:
-            async with _WALL.cutoff(_WALL.now() + seconds):
-                while True:
-                    # The body is fully read, so the next message is the disconnect (or, with
-                    # the ASGI test transport, the end of the response, which comes later).
-                    message = await request.receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientGone
-        except TimeoutError:
-            return
-
-    return wait
-
-
-def _server_timing(outcome: CallOutcome, started: float) -> str:
-    """``Server-Timing`` (milliseconds): injected latency, tool work, time in the server."""
-    total = (wall_seconds() - started) * 1000
-    return (
-        f"latency;dur={outcome.latency_s * 1000:.3f}, service;dur={outcome.service_s * 1000:.3f}, "
-        f"total;dur={total:.3f}"
-    )
-
-
-def install_routes(app: FastAPI, server: ToolServer) -> None:
-    """Add the plain-HTTP routes of ``server`` to ``app``."""
+    Args:
+        app: the app.
+        server: the server state.
+        call_endpoint: the ASGI app that serves ``POST /tools/{name}``
+            (:class:`server.calls.ToolCallEndpoint`); the FastAPI route documents it.
+    """
     config = server.config
     limit = config.max_body_bytes
 
@@ -251,41 +237,13 @@ def install_routes(app: FastAPI, server: ToolServer) -> None:
         Headers: ``X-Timely-Clock: virtual`` reports the latency instead of waiting it;
         ``X-Timely-Deadline-S`` is the time the caller has left (504 at the deadline).
         """
-        started = wall_seconds()
-        fields = log_fields(request)
-        fields["tool"] = name
-        transport = "http"
-        try:
-            raw = await read_body(request, limit)
-            virtual, deadline_s = parse_clock_headers(request.headers.get)
-            tooldef = server.tool(name)
-            req = parse_json(raw, CallRequest, '{"arguments": {...}, "session_id": "..." or null}')
-            fields["session"] = req.session_id
-            server.check_arguments(tooldef, req.arguments)
-            outcome = await server.execute(
-                tooldef,
-                req.arguments,
-                req.session_id,
-                virtual=virtual,
-                deadline_s=deadline_s,
-                transport=transport,
-                wait=_wait_unless_gone(request),
-                started=started,
-            )
-        except ApiError as exc:
-            server.metrics.requests.labels(server.label(name), str(exc.status), transport).inc()
-            raise
-        except ClientGone:
-            fields["cancelled"] = True
-            return Response(status_code=499)  # nobody reads it; uvicorn drops it
-        fields.update(
-            latency_s=outcome.latency_s,
-            service_s=outcome.service_s,
-            work_s=outcome.work_s,
-            fault=outcome.fault,
-        )
-        headers = {**outcome.headers, "Server-Timing": _server_timing(outcome, started)}
-        return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
+        # Documentation only: the route's ASGI app is ``call_endpoint`` (set below), which
+        # serves the calls without FastAPI's per-request machinery.
+        raise AssertionError("POST /tools/{name} is served by server.calls.ToolCallEndpoint")
+
+    for route in app.router.routes:
+        if getattr(route, "endpoint", None) is call_tool:
+            route.app = call_endpoint  # type: ignore[attr-defined]
 
     @app.post(
         "/sessions",

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from timely.clock import WallClock
@@ -74,6 +74,42 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """:func:`read_body` for a plain ASGI endpoint, which has no ``Request`` to read from.
+
+    A hot route served without the framework's request object reads its body here under the
+    same rules (the tool server's ``POST /tools/{name}``).
+
+    Raises:
+        BodyTooLarge: it is longer (declared, or a Content-Length that lied).
+        BadContentLength: the Content-Length header is malformed.
+        starlette.requests.ClientDisconnect: the client went away before the body ended.
+    """
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            if not value.isdigit():
+                raise BadContentLength(f"bad Content-Length {value.decode('latin-1')!r}")
+            if int(value) > limit:
+                raise BodyTooLarge(limit)
+            break
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
 
 
 def decode_json(raw: bytes) -> Any:

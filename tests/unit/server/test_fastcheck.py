@@ -1,10 +1,19 @@
-"""The fast argument check never accepts what jsonschema rejects."""
+"""The fast argument check never accepts what jsonschema rejects.
+
+Derandomized (the same examples on every run) unless ``TIMELY_RANDOM_SEARCH=1`` opts into a
+fresh random search, as in tests/integration/test_schemathesis_api.py.
+"""
+
+import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from server.fastcheck import compile_check
+
+RANDOM_SEARCH = os.environ.get("TIMELY_RANDOM_SEARCH") == "1"
+REPRODUCIBLE = {} if RANDOM_SEARCH else {"derandomize": True, "database": None}
 
 SCHEMAS = [
     {
@@ -40,7 +49,7 @@ arguments = st.dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, **REPRODUCIBLE)
 @given(arguments)
 def test_fast_check_agrees_with_jsonschema(args):
     for schema in SCHEMAS:
