@@ -14,11 +14,16 @@ turn (``<|im_end|>\n`` in ChatML); when the sampled ids already end with it (the
 only the rest is added. Rendering against a sentinel rather than against the real history keeps
 this right for templates that render the last assistant turn differently from earlier ones
 (Qwen3 adds an empty think block to the last one only).
+
+Chat templates take keyword arguments of their own (Qwen3's ``enable_thinking``; verl passes
+``data.apply_chat_template_kwargs`` to every template call of its loops). They go to every
+render here, the first prompt and every turn's new messages alike, through
+:func:`with_template_kwargs`, so a prompt never mixes two settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from timely.errors import TrainingDataError
@@ -28,15 +33,59 @@ from timely.types import Message
 _SENTINEL = "⟦timely-previous-turn⟧"
 
 
+class _TemplateKwargsTokenizer:
+    """A tokenizer whose ``apply_chat_template`` always gets ``kwargs`` (a call's own win).
+
+    A wrapper rather than a parameter of :func:`timely.prompting.render_prompt`, so every
+    renderer that takes a tokenizer honours the kwargs without knowing about them.
+    """
+
+    def __init__(self, tokenizer: Any, kwargs: Mapping[str, Any]) -> None:
+        self._inner = tokenizer
+        self.template_kwargs = dict(kwargs)
+
+    def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.apply_chat_template(*args, **{**self.template_kwargs, **kwargs})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def with_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any] | None) -> Any:
+    """``tokenizer`` with ``kwargs`` passed to every chat-template render (as verl's
+    ``data.apply_chat_template_kwargs``, e.g. ``{"enable_thinking": False}`` for Qwen3); the
+    tokenizer itself when there are none.
+
+    Args:
+        tokenizer: an HF tokenizer with a chat template.
+        kwargs: extra keyword arguments of ``apply_chat_template``.
+    """
+    if not kwargs:
+        return tokenizer
+    return _TemplateKwargsTokenizer(tokenizer, kwargs)
+
+
 class ContinuousTokens:
     """The prompt ids of one episode's turns, each extending the last prompt and its sample.
 
     Args:
         tokenizer: an HF tokenizer with a chat template.
         tool_format: how tools reach the prompt (:func:`timely.prompting.render_prompt`).
+        chat_template_kwargs: extra keyword arguments of every chat-template render
+            (:func:`with_template_kwargs`).
     """
 
-    def __init__(self, tokenizer: Any, tool_format: ToolFormat = "auto") -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        tool_format: ToolFormat = "auto",
+        *,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        tokenizer = with_template_kwargs(tokenizer, chat_template_kwargs)
         self.tokenizer = tokenizer
         self.tool_format = resolve_tool_format(tokenizer, tool_format)
         self.initial_ids: list[int] = []  # the first prompt (verl's prompt_ids)

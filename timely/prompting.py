@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from timely.errors import ConfigError
 from timely.parsing import format_tool_call
 from timely.types import Message, ToolCall
 
@@ -237,6 +238,38 @@ def _as_function_tool(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") == "function" and "function" in tool:
         return tool
     return {"type": "function", "function": tool}
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every id that ends an assistant turn, one rule for every policy that samples ids.
+
+    A model's turn ends on whatever its generation config or tokenizer calls EOS, and on the
+    ChatML end of turn ``<|im_end|>`` where the vocabulary has it: exported tokenizers do not
+    always agree on EOS (the embedded SmolLM2's Hugging Face export names ``<|im_start|>``),
+    and a policy that stops on one id only runs on past the end of its turn.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        generation_config: the model's ``GenerationConfig`` (or anything with
+            ``eos_token_id``: an int or a list), when one is at hand.
+
+    Raises:
+        ConfigError: nothing ends a turn.
+    """
+    ids: set[int] = set()
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    if not ids:
+        raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token")
+    return sorted(ids)
 
 
 # -- token estimates, for backends without a local tokenizer --------------------------------------

@@ -39,3 +39,16 @@ class ScriptedTokenServer:
         ids = ids[: sampling_params["max_tokens"]]
         logprobs = [self.logprob] * len(ids) if self.with_logprobs else None
         return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason=self.stop_reason)
+
+
+# The tiny ChatML template with Qwen3's switch: an empty think block when thinking is off.
+CHATML_THINK = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
+)

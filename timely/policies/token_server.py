@@ -15,12 +15,17 @@ id keeps a conversation on one server, where the prefix cache holds it.
 The server has no deadline (vLLM has none per request): the budget is kept here, by capping
 ``max_tokens`` with the deadline's token cap on a virtual clock, and by the loop's cut-off on a
 wall clock.
+
+verl's server tags each output with the weight versions it was sampled under
+(``extra_fields["min_global_steps"]`` / ``["max_global_steps"]``); its default (v1) trainer needs
+them on every rollout, so the policy keeps the first call's and the last call's
+(:attr:`TokenServerPolicy.min_global_steps`, :attr:`TokenServerPolicy.max_global_steps`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from timely.clock import wall_seconds
@@ -29,12 +34,14 @@ from timely.errors import ConfigError, PolicyError
 from timely.parsing import parse_tool_calls
 from timely.policies.base import Deadline
 from timely.prompting import ToolFormat
+from timely.prompting import stop_token_ids as stop_token_ids_of
 from timely.types import Completion, Message
 
 
 class TokenServer(Protocol):
     """verl's ``LLMServerClient.generate`` shape; the result has ``token_ids``, ``log_probs``
-    (or None) and ``stop_reason`` (``"completed"``, ``"aborted"`` or None)."""
+    (or None), ``stop_reason`` (``"completed"``, ``"aborted"`` or None) and, from verl,
+    ``extra_fields`` (the weight versions it was sampled under among them)."""
 
     async def generate(
         self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]
@@ -64,7 +71,11 @@ class TokenServerPolicy:
             limit.
         prompt_length: most tokens of the first prompt (verl's ``rollout.prompt_length``); a
             longer one is refused before anything is sampled (:class:`PromptTooLong`).
-        stop_token_ids: ids that end an assistant turn (default: the tokenizer's EOS).
+        stop_token_ids: ids that end an assistant turn (default:
+            :func:`timely.prompting.stop_token_ids`, the rule of every local policy).
+        generation_config: the model's generation config (its EOS ids end a turn too).
+        chat_template_kwargs: extra arguments of every chat-template render (verl's
+            ``data.apply_chat_template_kwargs``, e.g. ``{"enable_thinking": False}``).
         tool_format: how tools reach the prompt.
         request_id: keeps the conversation on one server (default: a fresh id).
         name: the policy name in trajectories.
@@ -81,6 +92,8 @@ class TokenServerPolicy:
         context_length: int | None = None,
         prompt_length: int | None = None,
         stop_token_ids: Sequence[int] | None = None,
+        generation_config: Any = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
         tool_format: ToolFormat = "auto",
         request_id: str | None = None,
         name: str = "token-server",
@@ -94,14 +107,16 @@ class TokenServerPolicy:
         self.response_length = response_length
         self.context_length = context_length
         self.prompt_length = prompt_length
-        eos = tokenizer.eos_token_id
-        self.stop_ids = set(stop_token_ids or ([] if eos is None else [eos]))
-        if not self.stop_ids:
-            raise ConfigError("no stop token: pass stop_token_ids or set tokenizer.eos_token")
-        self.tokens = ContinuousTokens(tokenizer, tool_format)
+        self.stop_ids = set(stop_token_ids or stop_token_ids_of(tokenizer, generation_config))
+        self.tokens = ContinuousTokens(
+            tokenizer, tool_format, chat_template_kwargs=chat_template_kwargs
+        )
         self.request_id = request_id or uuid.uuid4().hex
         self.name = name
         self.server_s = 0.0  # measured wall seconds inside server.generate
+        # The weight versions of the first and the last sample (verl's extra_fields).
+        self.min_global_steps: int | None = None
+        self.max_global_steps: int | None = None
 
     def count_prompt_tokens(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
@@ -143,6 +158,7 @@ class TokenServerPolicy:
             )
         finally:
             self.server_s += wall_seconds() - called
+        self._weight_versions(getattr(out, "extra_fields", None) or {})
         if getattr(out, "stop_reason", None) == "aborted":
             # verl aborts in-flight requests when it syncs weights; the sample is not usable.
             raise PolicyError("the token server aborted the request before it finished")
@@ -163,6 +179,15 @@ class TokenServerPolicy:
             prompt_token_ids=prompt,
             logprobs=logprobs,
         )
+
+    def _weight_versions(self, fields: Mapping[str, Any]) -> None:
+        """Keep the first call's oldest and the last call's newest weight version."""
+        oldest = fields.get("min_global_steps", fields.get("global_steps"))
+        newest = fields.get("max_global_steps", fields.get("global_steps"))
+        if self.min_global_steps is None and oldest is not None:
+            self.min_global_steps = int(oldest)
+        if newest is not None:
+            self.max_global_steps = int(newest)
 
     def _cap(self, prompt_len: int, budget_cap: int | None) -> tuple[int, bool]:
         """(most new tokens for this call, whether the time budget is what limits it)."""

@@ -161,3 +161,52 @@ async def test_an_aborted_request_is_a_policy_error_not_an_answer(tok):
 def test_bad_settings_are_refused(tok):
     with pytest.raises(ConfigError):
         TokenServerPolicy(ScriptedTokenServer(tok, []), tok, max_new_tokens=0)
+
+
+def test_one_stop_rule_for_every_policy_that_samples_ids(tok):
+    from types import SimpleNamespace
+
+    from timely.prompting import stop_token_ids
+
+    # An exported tokenizer whose EOS is not the end of a turn (the smoke model's is
+    # <|im_start|>): the turn still ends on <|im_end|>, and on the generation config's EOS.
+    odd = tiny_tokenizer()
+    odd.eos_token = "<|im_start|>"
+    im_start, im_end = odd.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert stop_token_ids(odd) == sorted({im_start, im_end})
+    assert 0 in stop_token_ids(odd, SimpleNamespace(eos_token_id=[0]))
+    policy = TokenServerPolicy(ScriptedTokenServer(odd, []), odd)
+    assert policy.stop_ids == set(stop_token_ids(odd))
+
+
+async def test_the_weight_versions_of_the_first_and_last_sample_are_kept(tok):
+    class Versioned(ScriptedTokenServer):
+        async def generate(self, request_id, **kwargs):
+            out = await super().generate(request_id, **kwargs)
+            step = 7 + len(self.requests)  # 8 for the first call, 9 for the second
+            out.extra_fields = {"global_steps": step, "min_global_steps": step}
+            out.extra_fields["max_global_steps"] = step
+            return out
+
+    task = make_task("math/arithmetic-v1", seed=3, split="train")
+    server = Versioned(tok, [CALL, ANSWER])
+    policy = TokenServerPolicy(server, tok, max_new_tokens=256)
+    async with in_process_tools("constant:0.5") as tools:
+        await run_episode(policy, task, tools, VirtualClock(), Budget(seconds=1e6))
+    assert len(server.requests) == 2
+    assert (policy.min_global_steps, policy.max_global_steps) == (8, 9)
+
+
+def test_chat_template_kwargs_reach_the_first_prompt_and_every_later_one(tok):
+    from tests.helpers.token_server import CHATML_THINK
+
+    think = tiny_tokenizer(CHATML_THINK)
+    tokens = ContinuousTokens(think, chat_template_kwargs={"enable_thinking": False})
+    first = [Message(role="user", content="2+2?")]
+    prompt = tokens.prompt_ids(first, [])
+    assert think.decode(prompt).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    tokens.sampled(first, prompt, think("4<|im_end|>", add_special_tokens=False)["input_ids"])
+    later = tokens.prompt_ids([*first, Message(role="assistant", content="4"), *first], [])
+    assert think.decode(later).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    plain = ContinuousTokens(think).prompt_ids(first, [])
+    assert not think.decode(plain).endswith("</think>\n\n")  # the template's own default
