@@ -7,10 +7,19 @@ item is then ``M x`` the measured elapsed time, floored at ``calibration.min_bud
 the walkthrough instead: ``M x reference_steps x`` the policy's mean time per step at that
 latency, because an unconstrained game episode is not a meaningful time (a model may wander until
 its turn limit); tasks that expose no ``reference_steps`` fall back to the elapsed rule.
+
+The shared-reference protocol (``budgets.reference: oracle``, labels ``x2@oracle``) uses the same
+pass with one player: the reference policy (the scripted oracle) plays each (task, seed,
+latency) once under the label ``reference``, and every policy's ``xM@oracle`` budget on that item
+is ``M x`` its elapsed time, so all rows get the same seconds. The oracle follows the
+walkthrough, so its elapsed time is the meaningful one in every family (the steps rule would
+only drop its answer turn), and it is rounded *up* to the microsecond so that the reference
+itself is on time at ``x1``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -18,7 +27,7 @@ import numpy as np
 
 from timely.types import Trajectory
 from timely_eval.plan import BudgetResolver, EpisodeItem
-from timely_eval.suite import Suite, by_family
+from timely_eval.suite import REFERENCE_LABEL, Suite, by_family
 
 
 def _cell(traj: Trajectory) -> tuple[str, str, str]:
@@ -52,6 +61,8 @@ def relative_budgets(suite: Suite, records: dict[str, Trajectory]) -> BudgetReso
         if traj is None:
             return None
         base = traj.elapsed_s
+        if item.policy == REFERENCE_LABEL:
+            return max(floor, math.ceil(multiplier * base * 1e6) / 1e6)
         mode = by_family(suite.calibration.mode, item.task_id, "elapsed")
         ref_steps = traj.metadata.get("reference_steps")
         if mode == "steps" and isinstance(ref_steps, int | float) and ref_steps > 0:

@@ -5,7 +5,8 @@ summaries, so a report cannot be stale), merges them, and writes into ``--out``:
 ``leaderboard.md`` (one section per task family, lm-eval / BFCL style: score with its confidence
 interval next to compliance and latency columns), a self-contained ``leaderboard.html`` (inline
 CSS, click-to-sort columns, plots embedded), ``results.json`` (every number of the report) and
-the plots of :mod:`plots`.
+the plots of :mod:`plots`. A sweep over several budget multipliers also gets the anytime view
+(an AUC column, per-budget curves) and the Figure-3 view of :mod:`timely_eval.anytime`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from timely.errors import ConfigError
 from timely.rng import make_rng
 from timely.runrecord import RESULTS, episode_key, read_manifest, read_run, trajectories_file
 from timely.types import Trajectory
+from timely_eval.anytime import PROTOCOL_NOTES, anytime_rows, auc_by_protocol, protocols
 from timely_eval.metrics import aggregate
 from timely_eval.plan import budget_sort_key
 from timely_eval.suite import family_of
@@ -130,6 +132,9 @@ def report_from_runs(paths: list[str | Path | Run]) -> dict[str, Any]:
             row["by_latency"] = {
                 r["latency"]: r["score"] for r in by_latency if r["policy"] == row["policy"]
             }
+        anytime = anytime_rows(ft, ("policy",))
+        for row in overview:
+            row["auc"] = auc_by_protocol(anytime, row["policy"])
         overview.sort(key=lambda r: (-r["score"], r["policy"]))
         cells = aggregate(ft, ("policy", "latency", "budget"))
         lat_rank = {s: i for i, s in enumerate(latencies)}
@@ -147,6 +152,9 @@ def report_from_runs(paths: list[str | Path | Run]) -> dict[str, Any]:
                 "by_budget": aggregate(ft, ("policy", "budget")),
                 "cells": cells,
                 "tasks_detail": aggregate(ft, ("policy", "task", "latency", "budget")),
+                "auc_protocols": protocols(anytime),
+                "anytime": anytime,
+                "anytime_tasks": anytime_rows(ft, ("policy", "task")),
             }
         )
     return {
@@ -201,6 +209,8 @@ def overview_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]
     passes = _with_pass_at_k(family["overview"])
     if passes:
         header.insert(2, "Pass@k")
+    aucs = family.get("auc_protocols") or []
+    header[2:2] = [auc_header(p) for p in aucs]
     for r in family["overview"]:
         by_lat = [f"{r['by_latency'][s]:.2f}" if s in r["by_latency"] else "-" for s in lats]
         rows.append(
@@ -219,7 +229,107 @@ def overview_columns(family: dict[str, Any]) -> tuple[list[str], list[list[str]]
         )
         if passes:
             rows[-1].insert(2, fmt_pass(r))
+        rows[-1][2:2] = [fmt_auc((r.get("auc") or {}).get(p)) for p in aucs]
     return header, rows
+
+
+def auc_header(protocol: str) -> str:
+    """'AUC' for per-policy multipliers, 'AUC@oracle' for the shared reference's."""
+    return "AUC" if protocol == "policy" else f"AUC@{protocol}"
+
+
+def fmt_auc(value: dict[str, Any] | None) -> str:
+    """'0.71 [0.62, 0.80]', '0.71' without an interval, '-' where the policy has no AUC."""
+    if not value or value.get("auc") is None:
+        return "-"
+    if value.get("auc_lo") is None:
+        return f"{value['auc']:.2f}"
+    return f"{value['auc']:.2f} [{value['auc_lo']:.2f}, {value['auc_hi']:.2f}]"
+
+
+def _multiplier_budgets(rows: list[dict[str, Any]]) -> list[str]:
+    """Column labels 'x0.5', 'x1', ... of the multipliers any row has, in order."""
+    ms = sorted({p["multiplier"] for r in rows for p in r["curve"]})
+    return [f"x{m:g}" for m in ms]
+
+
+def anytime_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The anytime table: AUC and on-time score at each multiplier, per policy and protocol.
+
+    Args:
+        rows: :func:`timely_eval.anytime.anytime_rows` of a family (``policy`` or
+            ``policy, task`` groups).
+    """
+    rows = [r for r in rows if r["auc"] is not None]
+    by_task = any("task" in r for r in rows)
+    budgets = _multiplier_budgets(rows)
+    header = [
+        "Policy",
+        *(["Task"] if by_task else []),
+        "Budgets",
+        "AUC [95% CI]",
+        *budgets,
+        "Instances",
+        "n",
+    ]
+    out = []
+    for r in sorted(rows, key=lambda r: (r["protocol"], -r["auc"], r["policy"], r.get("task", ""))):
+        at = {f"x{p['multiplier']:g}": f"{p['score']:.2f}" for p in r["curve"]}
+        out.append(
+            [
+                r["policy"],
+                *([r["task"]] if by_task else []),
+                protocol_label(r["protocol"]),
+                fmt_auc(r),
+                *(at.get(b, "-") for b in budgets),
+                str(r["instances"]),
+                str(r["n"]),
+            ]
+        )
+    return header, out
+
+
+def protocol_label(protocol: str) -> str:
+    """How a budget protocol reads in a table: 'x policy' or 'x oracle'."""
+    return "x own time" if protocol == "policy" else f"x {protocol} time"
+
+
+def _fmt_rho(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def effort_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The Figure-3 table: tool calls and generated tokens by multiplier, with Spearman rho.
+
+    Each quantity shows its means from the smallest multiplier to the largest, rho over those
+    means and rho over the episodes (with its p-value); see :mod:`timely_eval.anytime`.
+    """
+    rows = [r for r in rows if len(r["curve"]) >= 2]
+    header = [
+        "Policy",
+        "Budgets",
+        "Multipliers",
+        "Tool calls",
+        "rho calls",
+        "rho calls (episodes, p)",
+        "Gen tokens",
+        "rho tokens",
+        "rho tokens (episodes, p)",
+    ]
+    out = []
+    for r in sorted(rows, key=lambda r: (r["protocol"], r["policy"])):
+        cells = [r["policy"], protocol_label(r["protocol"])]
+        cells.append(" / ".join(f"x{p['multiplier']:g}" for p in r["curve"]))
+        for name, digits in (("tool_calls", 1), ("gen_tokens", 0)):
+            eff = r["effort"][name]
+            p_value = "" if eff["p_episodes"] is None else f" (p={eff['p_episodes']:.2g})"
+            cells += [
+                " / ".join(f"{p[name]:.{digits}f}" for p in r["curve"]),
+                _fmt_rho(eff["rho"]),
+                _fmt_rho(eff["rho_episodes"]) + p_value,
+            ]
+        out.append(cells)
+    return header, out
 
 
 def _with_pass_at_k(rows: list[dict[str, Any]]) -> bool:
@@ -316,6 +426,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None = None)
             _md_table(*overview_columns(fam)),
             "",
         ]
+        out += _anytime_markdown(fam, plots or {})
         if plots and f"score_vs_latency_{fam['family']}" in plots:
             out += [
                 f"![score vs latency, {fam['family']}]"
@@ -336,11 +447,63 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None = None)
             + [
                 f"![{name}]({file})"
                 for name, file in plots.items()
-                if not name.startswith("score_vs_latency")
+                if not name.startswith(("score_vs_latency", "anytime_", "effort_"))
             ]
             + [""]
         )
     return "\n".join(out)
+
+
+def anytime_note(fam: dict[str, Any]) -> str:
+    """What the anytime numbers of a family mean, naming its budget protocols."""
+    used = sorted({r["protocol"] for r in fam.get("anytime", []) if r["auc"] is not None})
+    protocols = "; ".join(f"{protocol_label(p)} = {PROTOCOL_NOTES[p]}" for p in used)
+    return (
+        "AUC = area under the on-time score vs budget multiplier curve (trapezoid over the "
+        "multipliers played, divided by their range: the curve's mean height, in [0, 1]); its "
+        f"interval is over instances played at every multiplier. Budgets: {protocols}."
+    )
+
+
+def _anytime_markdown(fam: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """The anytime and Figure-3 sections of a family; nothing for a one-budget sweep."""
+    anytime = [r for r in fam.get("anytime", []) if r["auc"] is not None]
+    if not anytime:
+        return []
+    name = fam["family"]
+    out = [
+        f"### Anytime view: {name}",
+        "",
+        anytime_note(fam),
+        "",
+        _md_table(*anytime_columns(anytime)),
+        "",
+    ]
+    if f"anytime_{name}" in plots:
+        out += [f"![anytime, {name}]({plots['anytime_' + name]})", ""]
+    tasks = [r for r in fam.get("anytime_tasks", []) if r["auc"] is not None]
+    if len(fam["tasks"]) > 1 and tasks:
+        out += [
+            "<details><summary>Anytime by task</summary>",
+            "",
+            _md_table(*anytime_columns(tasks)),
+            "",
+            "</details>",
+            "",
+        ]
+    out += [
+        f"### Figure-3 view: {name}",
+        "",
+        "Mean tool calls and generated tokens per episode at each multiplier (smallest first) "
+        "and Spearman's rank correlation with the multiplier: over those means, and over the "
+        "episodes with its p-value. `-`: the count never changes, so no rank correlation.",
+        "",
+        _md_table(*effort_columns(fam["anytime"])),
+        "",
+    ]
+    if f"effort_{name}" in plots:
+        out += [f"![tool calls and tokens vs budget, {name}]({plots['effort_' + name]})", ""]
+    return out
 
 
 def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
@@ -363,13 +526,34 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
             "overview_table": overview_columns(fam),
             "cell_table": cell_columns(fam),
             "plot": uris.get(f"score_vs_latency_{fam['family']}"),
+            **_anytime_html(fam, uris),
         }
         for fam in report["families"]
     ]
-    others = {k: v for k, v in uris.items() if not k.startswith("score_vs_latency_")}
+    others = {
+        k: v
+        for k, v in uris.items()
+        if not k.startswith(("score_vs_latency_", "anytime_", "effort_"))
+    }
     return env.get_template("leaderboard.html.j2").render(
         report=report, families=families, plots=others
     )
+
+
+def _anytime_html(fam: dict[str, Any], uris: dict[str, str]) -> dict[str, Any]:
+    """The anytime and Figure-3 tables and plots of a family for the HTML template."""
+    anytime = [r for r in fam.get("anytime", []) if r["auc"] is not None]
+    if not anytime:
+        return {"anytime_table": None}
+    tasks = [r for r in fam.get("anytime_tasks", []) if r["auc"] is not None]
+    return {
+        "anytime_table": anytime_columns(anytime),
+        "anytime_note": anytime_note(fam),
+        "anytime_tasks_table": anytime_columns(tasks) if len(fam["tasks"]) > 1 and tasks else None,
+        "effort_table": effort_columns(fam["anytime"]),
+        "anytime_plot": uris.get(f"anytime_{fam['family']}"),
+        "effort_plot": uris.get(f"effort_{fam['family']}"),
+    }
 
 
 def write_leaderboard(paths: list[str | Path], out: str | Path) -> dict[str, Path]:

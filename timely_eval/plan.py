@@ -47,15 +47,18 @@ def fingerprint(suite: Suite) -> str:
     backend) are left out: they either enter each key directly or do not change outcomes, so a
     run can be extended with more policies or latencies and resumed.
     """
+    budgets = suite.budgets.model_dump(
+        mode="json", exclude={"seconds", "multipliers", "task_default", "reference"}
+    )
+    if suite.budgets.reference_policy == "scripted:oracle":
+        budgets.pop("reference_policy")  # the default leaves fingerprints as they were
     payload = {
         "split": suite.split,
         "clock": suite.clock,
         "episode": suite.episode.model_dump(mode="json"),
         "tool_server": suite.tool_server,
         "calibration": suite.calibration.model_dump(mode="json"),
-        "budgets": suite.budgets.model_dump(
-            mode="json", exclude={"seconds", "multipliers", "task_default"}
-        ),
+        "budgets": budgets,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -95,23 +98,50 @@ def episode_key(
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def budget_label(kind: str, value: float) -> str:
-    """'30s' for absolute seconds, 'x2' for a multiplier."""
-    return f"{value:g}s" if kind == "seconds" else f"x{value:g}"
+# The suffix of a budget label relative to the shared reference ('x2@oracle').
+ORACLE_SUFFIX = "@oracle"
+
+
+def budget_label(kind: str, value: float, protocol: str = "policy") -> str:
+    """'30s' for absolute seconds; 'x2' for a multiple of the policy's own time, 'x2@oracle'
+    for a multiple of the shared reference's.
+
+    The protocol is part of the label (and so of the episode key): the two protocols give the
+    same multiplier different seconds, and a report must never pool them.
+    """
+    if kind == "seconds":
+        return f"{value:g}s"
+    return f"x{value:g}" + (ORACLE_SUFFIX if protocol == "oracle" else "")
+
+
+def parse_budget(label: str) -> tuple[str, float] | None:
+    """(protocol, multiplier) of a relative budget label, None for any other budget.
+
+    ``x2`` -> ("policy", 2.0); ``x0.5@oracle`` -> ("oracle", 0.5); ``30s`` -> None.
+    """
+    if not label.startswith("x"):
+        return None
+    body, protocol = label[1:], "policy"
+    if body.endswith(ORACLE_SUFFIX):
+        body, protocol = body[: -len(ORACLE_SUFFIX)], "oracle"
+    try:
+        value = float(body)
+    except ValueError:
+        return None
+    return (protocol, value) if value > 0 else None
 
 
 def budget_sort_key(label: str) -> tuple[int, float]:
-    """Order budget labels: default, absolute by seconds, relative by multiplier, calibration."""
+    """Order budget labels: default, absolute by seconds, relative by multiplier (per-policy
+    before shared-reference), calibration."""
     if label == "default":
         return (0, 0.0)
     if label.endswith("s") and label[:-1].replace(".", "", 1).isdigit():
         return (1, float(label[:-1]))
-    if label.startswith("x"):
-        try:
-            return (2, float(label[1:]))
-        except ValueError:
-            pass
-    return (3, 0.0)
+    parsed = parse_budget(label)
+    if parsed is not None:
+        return (2 if parsed[0] == "policy" else 3, parsed[1])
+    return (4, 0.0)
 
 
 def _n_episodes(suite: Suite, task: TaskEntry, policy: PolicyEntry) -> int:
@@ -150,26 +180,42 @@ def _policy_plays_latency(policy: PolicyEntry, latency: str) -> bool:
 
 def _budget_labels(suite: Suite, task: TaskEntry, policy: PolicyEntry) -> list[tuple[str, float]]:
     """(label, value) pairs of the task's budgets that the policy plays; relative values are
-    multipliers, absolute ones seconds, 'default' carries 0."""
+    multipliers, absolute ones seconds, 'default' carries 0. A policy's ``budgets`` filter
+    names labels; 'x2' also selects 'x2@oracle'."""
     grid = suite.budgets
     out: list[tuple[str, float]] = []
     if grid.task_default:
         out.append(("default", 0.0))
     out += [(budget_label("seconds", s), s) for s in grid.seconds]
-    out += [(budget_label("x", m), m) for m in grid.multipliers_for(task.id)]
+    out += [
+        (budget_label("x", m, protocol), m)
+        for protocol in grid.protocols
+        for m in grid.multipliers_for(task.id)
+    ]
     if policy.budgets is not None:
-        out = [(label, v) for label, v in out if label in policy.budgets]
+        keep = set(policy.budgets)
+        out = [(lb, v) for lb, v in out if lb in keep or lb.removesuffix(ORACLE_SUFFIX) in keep]
     return out
 
 
 def plan_calibration(suite: Suite) -> list[EpisodeItem]:
-    """The unconstrained episodes that relative budgets need (one per policy x item x latency)."""
+    """The unconstrained episodes that relative budgets need.
+
+    Per-policy budgets need one per policy x item x latency; shared-reference budgets one
+    episode of the reference policy per item x latency, whichever policies need it (its key
+    names no eval policy, so it is planned, played and recorded once).
+    """
     fp = fingerprint(suite)
-    return [
-        _calibration_item(suite, fp, policy, ti, task, seed, latency)
-        for policy, ti, task, seed, latency in _cells(suite)
-        if any(label.startswith("x") for label, _ in _budget_labels(suite, task, policy))
-    ]
+    items: dict[str, EpisodeItem] = {}
+    for policy, ti, task, seed, latency in _cells(suite):
+        parsed = [parse_budget(label) for label, _ in _budget_labels(suite, task, policy)]
+        protocols = {p[0] for p in parsed if p is not None}
+        entries = [policy] if "policy" in protocols else []
+        entries += [suite.reference_entry] if "oracle" in protocols else []
+        for entry in entries:
+            item = _calibration_item(suite, fp, entry, ti, task, seed, latency)
+            items.setdefault(item.key, item)
+    return list(items.values())
 
 
 def _calibration_item(
@@ -225,13 +271,14 @@ def plan_eval(
         for label, value in _budget_labels(suite, task, policy):
             if label == "default":
                 seconds: float | None = default_budget(task, seed)
-            elif label.startswith("x"):
-                calib = _calibration_item(suite, fp, policy, ti, task, seed, latency)
+            elif (parsed := parse_budget(label)) is not None:
+                reference = policy if parsed[0] == "policy" else suite.reference_entry
+                calib = _calibration_item(suite, fp, reference, ti, task, seed, latency)
                 seconds = relative_budget(calib, value) if relative_budget else None
                 if seconds is None:
                     problems.append(
                         f"{policy.name} {task.id} seed={seed} {latency} {label}: "
-                        "no calibration record"
+                        f"no calibration record of {reference.name}"
                     )
                     continue
             else:

@@ -4,7 +4,9 @@ The key figure is on-time score vs tool latency, one line per policy: the paper'
 small fast models win with fast tools (more interactions fit in the budget) and large slow models
 with slow tools (each interaction counts more), so the lines cross. Next to it: compliance vs
 budget (untrained policies ignore their budgets at every size) and where the time went
-(generation vs waiting on tools). Figures use matplotlib's object API with the Agg canvas, so
+(generation vs waiting on tools). A sweep over budget multipliers adds the anytime curves (on-time
+score vs multiplier, AUC in the legend) and the paper's Figure 3 (tool calls and generated tokens
+vs multiplier). Figures use matplotlib's object API with the Agg canvas, so
 drawing never touches pyplot's global state or a display.
 """
 
@@ -215,6 +217,82 @@ def plot_time_breakdown(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _series_label(row: dict[str, Any], protocols: set[str]) -> str:
+    """A policy's legend label; the protocol is named when a family mixes both."""
+    return row["policy"] if len(protocols) < 2 else f"{row['policy']} ({row['protocol']} time)"
+
+
+def plot_anytime(report: dict[str, Any], fam: dict[str, Any], path: Path) -> Path | None:
+    """One family: on-time score vs budget multiplier per policy, AUC in the legend.
+
+    None (nothing drawn) when no policy was played at two multipliers or more.
+    """
+    rows = [r for r in fam.get("anytime", []) if r["auc"] is not None]
+    if not rows:
+        return None
+    fig, (ax,) = _grid(1, width=6.4, height=4.2)
+    policies = _all_policies(report)
+    protocols = {r["protocol"] for r in rows}
+    for r in rows:
+        xs = [p["multiplier"] for p in r["curve"]]
+        style = _style(r["policy"], policies)
+        dashed = {"ls": "--"} if r["protocol"] == "oracle" and len(protocols) > 1 else {}
+        label = f"{_series_label(r, protocols)}: AUC {r['auc']:.2f}"
+        ax.plot(xs, [p["score"] for p in r["curve"]], label=label, lw=2, ms=6, **style, **dashed)
+        ax.fill_between(
+            xs,
+            [p["score_lo"] for p in r["curve"]],
+            [p["score_hi"] for p in r["curve"]],
+            color=style["color"],
+            alpha=0.10,
+            lw=0,
+        )
+    ax.set_xlabel("budget multiplier (x reference time)")
+    ax.set_ylabel("on-time score")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{fam['family']}: anytime curve (shaded: 95% CI)")
+    _legend(fig, [ax])
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_effort(report: dict[str, Any], fam: dict[str, Any], path: Path) -> Path | None:
+    """One family, the paper's Figure 3: tool calls and generated tokens vs budget multiplier,
+    Spearman's rho (over the per-budget means) in the legend. None below two multipliers."""
+    rows = [r for r in fam.get("anytime", []) if len(r["curve"]) >= 2]
+    if not rows:
+        return None
+    fig, axes = _grid(2, width=5.0, height=3.8)
+    policies = _all_policies(report)
+    protocols = {r["protocol"] for r in rows}
+    for ax, (name, title) in zip(
+        axes, (("tool_calls", "tool calls"), ("gen_tokens", "generated tokens")), strict=True
+    ):
+        for r in rows:
+            rho = r["effort"][name]["rho"]
+            rho_text = "-" if rho is None else f"{rho:+.2f}"
+            ax.plot(
+                [p["multiplier"] for p in r["curve"]],
+                [p[name] for p in r["curve"]],
+                label=f"{_series_label(r, protocols)} (rho {rho_text})",
+                lw=2,
+                ms=6,
+                **_style(r["policy"], policies),
+            )
+        ax.set_xlabel("budget multiplier (x reference time)")
+        ax.set_ylabel(f"mean {title} per episode")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"{fam['family']}: effort vs budget (rho: Spearman over the per-budget means)",
+        fontweight="bold",
+    )
+    _legend(fig, axes)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
 def write_plots(report: dict[str, Any], out: Path) -> dict[str, Path]:
     """Draw every plot into ``out``; returns name -> PNG path."""
     if not report["families"]:
@@ -227,4 +305,8 @@ def write_plots(report: dict[str, Any], out: Path) -> dict[str, Path]:
     for fam in report["families"]:
         name = f"score_vs_latency_{fam['family']}"
         files[name] = plot_family_by_budget(report, fam, out / f"{name}.png")
+        for kind, draw in (("anytime", plot_anytime), ("effort", plot_effort)):
+            drawn = draw(report, fam, out / f"{kind}_{fam['family']}.png")
+            if drawn is not None:
+                files[f"{kind}_{fam['family']}"] = drawn
     return files

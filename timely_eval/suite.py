@@ -33,6 +33,9 @@ REFERENCE_MULTIPLIERS: dict[str, list[float]] = {
     "games": [1.0, 2.0, 3.0],
 }
 
+# The suite label of the shared budget reference (the oracle protocol's calibration episodes).
+REFERENCE_LABEL = "reference"
+
 # Speed profiles that fit a backend better than the suite default when none is given.
 DEFAULT_SPEEDS: dict[str, str] = {"hf:smollm2-135m": "smollm2-cpu"}
 
@@ -156,6 +159,18 @@ class BudgetGrid(_Frozen):
     late_limit_factor: float = Field(
         2.0, ge=1.0, description="Under 'late', calls stop at this multiple of T."
     )
+    reference: Literal["policy", "oracle", "both"] = Field(
+        "policy",
+        description="What relative budgets multiply. policy: each policy's own unconstrained "
+        "time on the item (the reference release's protocol; labels 'x2'); oracle: the "
+        "reference policy's time on the same instance and latency, calibrated once and shared "
+        "by every policy (labels 'x2@oracle'); both: every multiplier under each protocol.",
+    )
+    reference_policy: str = Field(
+        "scripted:oracle",
+        description="The shared reference of the oracle protocol: a policy spec, SPEC@SPEED "
+        "for its speed profile (default: episode.speed).",
+    )
 
     @field_validator("seconds")
     @classmethod
@@ -180,8 +195,19 @@ class BudgetGrid(_Frozen):
                 raise ValueError(f"slack for {key!r} must be >= 1.0, got {value}")
         return v
 
+    @field_validator("reference_policy")
+    @classmethod
+    def _reference_spec(cls, v: str) -> str:
+        PolicyEntry.model_validate(v)  # raises on an unknown speed preset
+        return v
+
     def multipliers_for(self, task_id: str) -> list[float]:
         return by_family(self.multipliers, task_id, [])
+
+    @property
+    def protocols(self) -> list[str]:
+        """The relative-budget protocols played: policy, oracle or both."""
+        return ["policy", "oracle"] if self.reference == "both" else [self.reference]
 
     def slack_for(self, task_id: str) -> float:
         return by_family(self.slack, task_id, 1.0)
@@ -322,6 +348,11 @@ class Suite(_Frozen):
         if not self.policies:
             raise ValueError("a suite needs at least one policy")
         names = [p.name for p in self.policies]
+        if REFERENCE_LABEL in names:
+            raise ValueError(
+                f"the policy label {REFERENCE_LABEL!r} is reserved for the shared budget "
+                "reference (budgets.reference_policy); set another 'label'"
+            )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"policy labels must be unique; repeated: {dupes} (set 'label')")
@@ -343,10 +374,23 @@ class Suite(_Frozen):
                     )
         return self
 
+    @property
+    def reference_entry(self) -> PolicyEntry:
+        """The policy whose unconstrained time the oracle protocol's budgets multiply.
+
+        It is no leaderboard row: it plays only calibration episodes, once per (task, seed,
+        latency), under the reserved label ``reference``.
+        """
+        entry = PolicyEntry.model_validate(self.budgets.reference_policy)
+        return entry.model_copy(update={"label": REFERENCE_LABEL})
+
     def policy(self, label: str) -> PolicyEntry:
+        """The entry of a suite label (``reference`` is the shared budget reference)."""
         for p in self.policies:
             if p.name == label:
                 return p
+        if label == REFERENCE_LABEL:
+            return self.reference_entry
         raise ConfigError(f"no policy labelled {label!r}; known: {[p.name for p in self.policies]}")
 
 
@@ -534,7 +578,8 @@ def check_policies(suite: Suite) -> None:
     model; see :func:`timely.policies.base.check_policy`), naming the policy."""
     from timely.policies.base import check_policy
 
-    for p in suite.policies:
+    reference = [suite.reference_entry] if suite.budgets.reference != "policy" else []
+    for p in [*suite.policies, *reference]:
         try:
             check_policy(p.spec, **p.options)
         except (ConfigError, PolicyError) as exc:

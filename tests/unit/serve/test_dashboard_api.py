@@ -18,8 +18,8 @@ from tests.helpers.dashboard_runs import (
     write_run,
 )
 from timely.errors import ConfigError
+from timely.runrecord import append_trajectories
 from timely.serve.dashboard import check_dirs, create_dashboard_app, dashboard_router
-from timely.types import write_jsonl
 from timely_eval.metrics import aggregate
 
 
@@ -194,7 +194,7 @@ def test_appended_episodes_show_up_and_a_half_written_line_waits(run):
     c = client(run)
     before = c.get("/api/summary").json()
     extra = make_trajectory(seed=99, policy="late-comer")
-    write_jsonl(run / "trajectories.jsonl", [extra])
+    append_trajectories(run / "trajectories.jsonl", [extra])
     after = c.get("/api/summary").json()
     assert after["episodes"] == before["episodes"] + 1
     assert after["version"] != before["version"]
@@ -303,3 +303,31 @@ def test_check_dirs_says_what_is_missing(tmp_path, run):
     with pytest.raises(ConfigError, match="at least one"):
         check_dirs([])
     assert [s.kind for s in check_dirs([run])] == ["run"]
+
+
+def test_a_budget_sweep_report_has_an_auc_column(tmp_path):
+    sweep = []
+    for policy, outcomes in (
+        ("oracle", ("cut_off", "on_time")),
+        ("budget-aware", ("on_time",) * 2),
+    ):
+        for seed in range(2):
+            for label, outcome in zip(("x0.5@oracle", "x2@oracle"), outcomes, strict=True):
+                t = make_trajectory(outcome=outcome, policy=policy, seed=seed)
+                t.metadata.update(budget_label=label, key=f"{policy}-{seed}-{label}")
+                sweep.append(t)
+    run = write_run(tmp_path / "runs" / "sweep", sweep)
+    report = write_report(run, tmp_path / "reports" / "sweep")
+    tables = client(report).get("/api/results").json()["tables"]
+    overview = next(t for t in tables if t["level"] == "overview")
+    assert overview["auc_protocols"] == ["oracle"]
+    auc = {r["policy"]: r["auc"]["oracle"]["auc"] for r in overview["rows"]}
+    assert auc == {"oracle": pytest.approx(0.5), "budget-aware": pytest.approx(1.0)}
+    # A one-budget sweep has no AUC to show: no column, not a zero.
+    flat = write_report(
+        write_run(tmp_path / "runs" / "flat", mixed_trajectories()), tmp_path / "r2"
+    )
+    for t in client(flat).get("/api/results").json()["tables"]:
+        assert t["auc_protocols"] == [] and all(not r.get("auc") for r in t["rows"])
+    js = client(report).get("/dashboard/app.js").text
+    assert "auc_protocols" in js and "AUC@" in js

@@ -224,7 +224,20 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
     by_lat = raw.get("by_latency")
     if isinstance(by_lat, dict):
         row["by_latency"] = {str(k): v for k, v in by_lat.items() if isinstance(v, int | float)}
+    auc = raw.get("auc")
+    if isinstance(auc, dict):
+        row["auc"] = {str(k): _auc(v) for k, v in auc.items() if isinstance(v, dict)}
     return row
+
+
+def _auc(raw: dict[str, Any]) -> dict[str, float | None]:
+    """One protocol's anytime AUC of an overview row (``auc``, ``auc_lo``, ``auc_hi``)."""
+    out: dict[str, float | None] = {}
+    for key in ("auc", "auc_lo", "auc_hi"):
+        value = raw.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        out[key] = float(value) if ok and math.isfinite(value) else None
+    return out
 
 
 def is_report(results: Any) -> bool:
@@ -238,7 +251,9 @@ def tables_from_results(results: Any) -> list[dict[str, Any]]:
 
     ``timely leaderboard`` writes per family an ``overview`` (one row per policy) and ``cells``
     (policy x latency x budget); ``timely eval`` writes flat ``families`` rows (policy x family
-    x latency x budget). Both become ``{family, level, latencies, budgets, rows}`` tables.
+    x latency x budget). Both become ``{family, level, latencies, budgets, rows}`` tables; a
+    leaderboard's also carry ``auc_protocols``, and its overview rows ``auc`` (protocol ->
+    anytime AUC with its interval).
 
     Raises:
         ValueError: the JSON is neither shape.
@@ -253,6 +268,9 @@ def tables_from_results(results: Any) -> list[dict[str, Any]]:
                 "tasks": [str(t) for t in fam.get("tasks") or []],
                 "latencies": [str(x) for x in fam.get("latencies") or []],
                 "budgets": [str(b) for b in fam.get("budgets") or []],
+                # Budget protocols with an anytime AUC (a sweep of several multipliers): the
+                # overview gets one AUC column each; none for a one-budget sweep.
+                "auc_protocols": [str(p) for p in fam.get("auc_protocols") or []],
             }
             for level in ("overview", "cells"):
                 rows = [_row(r) for r in fam.get(level) or [] if isinstance(r, dict)]

@@ -171,10 +171,24 @@ function columnsOf(table) {
     return ["policy", "score_plain", "compliance", "raw_score", "mean_elapsed_s", "p95_elapsed_s",
       "tool_calls", "turns", "share", "n"];
   }
-  return ["policy", "score", ...table.latencies.map((l) => `@${l}`), "compliance", "raw_score",
+  return ["policy", "score", ...(table.auc_protocols || []).map((p) => `auc:${p}`),
+    ...table.latencies.map((l) => `@${l}`), "compliance", "raw_score",
     "mean_elapsed_s", "p95_elapsed_s", "tool_calls", "share", "n"];
 }
+// The anytime AUC of one budget protocol (policy: multiples of each policy's own time; oracle:
+// of the shared reference), shown only for sweeps of several budget multipliers.
+function aucColumn(protocol) {
+  const get = (r) => (r.auc && r.auc[protocol] ? r.auc[protocol].auc : null);
+  const show = (r) => {
+    const a = r.auc && r.auc[protocol];
+    if (!a || a.auc === null) return "–";
+    return a.auc_lo === null ? fmt(a.auc) : `${fmt(a.auc)} [${fmt(a.auc_lo)}, ${fmt(a.auc_hi)}]`;
+  };
+  return { label: protocol === "policy" ? "AUC" : `AUC@${protocol}`, get, num: true, show, cls: "auc",
+    title: "area under the on-time score vs budget multiplier curve, normalised to [0, 1]" };
+}
 function column(key) {
+  if (key.startsWith("auc:")) return aucColumn(key.slice(4));
   if (!key.startsWith("@")) return COLS[key];
   const lat = key.slice(1);
   const get = (r) => (r.by_latency && lat in r.by_latency ? r.by_latency[lat] : null);
