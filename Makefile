@@ -39,7 +39,9 @@ browser:
 	fi
 
 # The verl backend against verl itself (CPU): its own venv, because verl 0.9.1 pins an older
-# transformers than the core's newest (requirements/verl-cpu.txt). About 3 minutes to build.
+# transformers than the core's newest (requirements/verl-cpu.txt), with TransferQueue, which
+# verl's default (v1) trainer path imports; the tests run that path's rollout worker code on
+# rollouts our loop plays. From a fresh venv about 5.5 minutes on 2 cores (3.5 to build, 2 to test).
 VERL_VENV ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.installed
 

@@ -14,7 +14,8 @@ decorator would only run where this module is imported, which verl's workers nev
 config file is imported by them.
 
 The episode is played by :func:`timely.train.verl.rollout.play_row` (the one loop on verl's
-server manager); this class only adapts verl's arguments and output type.
+server manager); this class only adapts verl's arguments and output type, and counts the prompt
+groups it runs for the failure rule (:mod:`timely.train.verl.failures`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopBase,
     AgentLoopMetrics,
@@ -31,6 +33,7 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 
 from timely.toolclient import ToolClient
+from timely.train.verl.failures import worker_failures
 from timely.train.verl.rollout import AgentSettings, play_row
 
 
@@ -43,6 +46,27 @@ def load_settings(path: str) -> AgentSettings:
 # One HTTP client per (event loop, URL): verl builds an agent loop per rollout, and a client per
 # rollout would open a connection pool per episode.
 _clients: dict[tuple[int, str], ToolClient] = {}
+
+
+@functools.cache
+def generation_config(path: str) -> Any:
+    """The model's generation config (its EOS ids end a turn), from a local directory or the
+    hub cache verl filled; None where there is none. Never downloads: a worker per rollout
+    would wait on the network."""
+    from transformers import GenerationConfig
+
+    where = Path(path)
+    if not where.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "generation_config.json")
+        if not isinstance(cached, str):
+            return None
+        where = Path(cached).parent
+    try:
+        return GenerationConfig.from_pretrained(where)
+    except OSError:  # no generation_config.json: the tokenizer's EOS rule alone
+        return None
 
 
 async def tool_client(url: str) -> ToolClient:
@@ -64,9 +88,13 @@ class TimelyAgentLoop(AgentLoopBase):
         kwargs.pop("tools", None)  # verl's own tool list: ours come from the tool server
         super().__init__(*args, **kwargs)
         self.settings = load_settings(str(settings_path))
+        self.failures = worker_failures(self.settings.failure_rule())
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         extra_info = dict(kwargs.get("extra_info") or {})
+        # verl's v1 worker passes the group's uid and the step it started the rollout at.
+        self.failures.start(str(kwargs.get("uid", kwargs.get("index", ""))))
+        steps = kwargs.get("global_steps")
         settings = self.settings
         latency = str(extra_info.get("latency", ""))
         tools = await tool_client(settings.tool_server(latency))
@@ -79,7 +107,11 @@ class TimelyAgentLoop(AgentLoopBase):
             sampling_params=sampling_params,
             prompt_length=self.rollout_config.prompt_length,
             response_length=self.rollout_config.response_length,
+            global_steps=None if steps is None else int(steps),
+            chat_template_kwargs=_plain(self.apply_chat_template_kwargs),
+            generation_config=generation_config(str(self.config.actor_rollout_ref.model.path)),
         )
+        out.extra_fields["timely_failed_group_share"] = self.failures.share
         return AgentLoopOutput(
             prompt_ids=out.prompt_ids,
             response_ids=out.response_ids,
@@ -89,3 +121,10 @@ class TimelyAgentLoop(AgentLoopBase):
             metrics=AgentLoopMetrics(generate_sequences=out.gen_wall_s, tool_calls=out.tool_wall_s),
             extra_fields=out.extra_fields,
         )
+
+
+def _plain(kwargs: Any) -> dict[str, Any]:
+    """verl's ``data.apply_chat_template_kwargs`` (an OmegaConf node) as a plain dict."""
+    if isinstance(kwargs, DictConfig):
+        return dict(OmegaConf.to_container(kwargs, resolve=True))  # type: ignore[arg-type]
+    return dict(kwargs or {})

@@ -11,7 +11,10 @@ Nothing here imports verl: the launcher's ``--dry-run`` and the tests run on the
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import json
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -60,6 +63,32 @@ class VerlSettings(_Frozen):
     )
     lora: bool = Field(
         False, description="Train a LoRA adapter (rank rl.lora.r) instead of the full model."
+    )
+    attention: Literal["sdpa", "flash_attention_2"] = Field(
+        "sdpa",
+        description="The trained model's attention in verl's FSDP actor and reference. sdpa "
+        "(PyTorch's own) needs nothing more and trains on padded micro-batches "
+        "(use_remove_padding off); flash_attention_2 packs sequences (use_remove_padding on) "
+        "but needs flash-attn built against the GPU environment's torch (docs/scale.md).",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="data.apply_chat_template_kwargs: extra arguments of every chat-template "
+        "render, in rollouts as in verl's own loops (Qwen3: {enable_thinking: false}).",
+    )
+    max_failed_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Stop the run when more than this share of the prompt groups an agent-loop "
+        "worker has run failed (a rollout or its reward raised: a dead tool server, a row the "
+        "reward cannot score). verl drops a failed group and trains on the rest; 1: never stop.",
+    )
+    failed_min_groups: int = Field(
+        16,
+        ge=1,
+        description="Groups a worker must have run before max_failed_share is judged (one "
+        "early failure is no trend).",
     )
     agent_workers: int = Field(8, ge=1, description="rollout.agent.num_workers.")
     total_epochs: int = Field(
@@ -128,7 +157,44 @@ class VerlConfig(_Frozen):
             )
         if self.rl.max_new_tokens > self.verl.response_length:
             raise ValueError("rl.max_new_tokens cannot exceed verl.response_length")
+        if self.verl.lora and self.rl.lora.dropout > 0:
+            # verl 0.9.1's FSDP engine builds peft's LoraConfig without lora_dropout.
+            raise ValueError(
+                f"rl.lora.dropout={self.rl.lora.dropout}: verl's FSDP LoRA has no dropout; "
+                "set it to 0 (or train with the CPU backend)"
+            )
+        if self.verl.nnodes > 1:
+            self._check_reachable_from_every_node()
         return self
+
+    def _check_reachable_from_every_node(self) -> None:
+        """Agent-loop workers run on every node: a loopback tool server is on one of them."""
+        v = self.verl
+        if not v.tool_servers and is_loopback(v.tool_host):
+            raise ValueError(
+                f"verl.nnodes={v.nnodes} with tool servers bound to {v.tool_host}: agent-loop "
+                "workers on the other nodes cannot reach them; set verl.tool_host=0.0.0.0 (the "
+                "head node's hostname is advertised) or pass verl.tool_servers with addresses "
+                "every node reaches"
+            )
+        local = {lat: u for lat, u in v.tool_servers.items() if is_loopback(urlsplit(u).hostname)}
+        if local:
+            raise ValueError(
+                f"verl.nnodes={v.nnodes} but verl.tool_servers {local} are loopback addresses "
+                "that only their own node reaches; give each server's address on the network"
+            )
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # GRPO-family losses of the CPU trainer -> verl's names (verl's own docs call these the same).
@@ -152,33 +218,42 @@ def verl_overrides(
     """The ``key=value`` overrides of ``python -m verl.trainer.main_ppo`` for ``config``.
 
     The paper's recipe: GRPO (std-normalised group advantages), ``rl.group_size`` rollouts per
-    prompt on vLLM in async mode, multi-turn with up to ``rl.max_turns`` assistant turns, each
-    rollout played by the ``timely_agent`` loop, scored by :func:`timely.train.verl.reward.
-    compute_score`.
+    prompt on vLLM, each rollout played by the ``timely_agent`` loop (its own turn limit,
+    ``rl.max_turns``), scored by :func:`timely.train.verl.reward.compute_score`.
+
+    Only keys that verl 0.9.1 reads on this path are emitted (``make test-verl`` reads each
+    back from verl's resolved config): ``rollout.multi_turn.*`` is read by verl's own
+    ToolAgentLoop only, and ``rollout.mode``, ``data.return_raw_chat``, ``data.truncation`` and
+    ``data.filter_overlong_prompts`` would restate verl's defaults.
     """
     rl, v = config.rl, config.verl
     clip_high = rl.clip_high if rl.loss == "dapo" else rl.clip_low
+    model = "actor_rollout_ref.model"
     actor = "actor_rollout_ref.actor"
     rollout = "actor_rollout_ref.rollout"
     out = [
         "algorithm.adv_estimator=grpo",
         f"algorithm.norm_adv_by_std_in_grpo={rl.loss != 'dr_grpo'}",
-        "algorithm.use_kl_in_reward=False",
         f"data.train_files={train_file}",
         f"data.val_files={val_file}",
         f"data.train_batch_size={rl.prompts_per_step}",
         f"data.max_prompt_length={v.prompt_length}",
         f"data.max_response_length={v.response_length}",
-        "data.return_raw_chat=True",
-        "data.filter_overlong_prompts=False",  # the exporter already checked every prompt
-        "data.truncation=error",
         f"data.seed={rl.seed}",
-        f"actor_rollout_ref.model.path={v.model}",
-        "actor_rollout_ref.model.enable_gradient_checkpointing=True",
+        *(
+            f"+data.apply_chat_template_kwargs.{key}={_hydra_value(value)}"
+            for key, value in sorted(v.chat_template_kwargs.items())
+        ),
+        f"{model}.path={v.model}",
+        # flash_attention_2 is verl's default; set explicitly, so no run depends on it silently.
+        f"+{model}.override_config.attn_implementation={v.attention}",
+        # Packed sequences need varlen attention, which only flash-attn gives here.
+        f"{model}.use_remove_padding={v.attention == 'flash_attention_2'}",
         f"{actor}.optim.lr={rl.lr}",
         f"{actor}.optim.lr_warmup_steps={rl.warmup_steps}",
         f"{actor}.ppo_mini_batch_size={v.ppo_mini_batch_size}",
         f"{actor}.ppo_epochs={rl.updates_per_batch}",
+        f"{actor}.data_loader_seed={rl.seed}",
         f"{actor}.use_dynamic_bsz=True",
         f"{actor}.ppo_max_token_len_per_gpu={v.max_token_len_per_gpu}",
         f"{actor}.clip_ratio_low={rl.clip_low}",
@@ -189,15 +264,11 @@ def verl_overrides(
         f"{actor}.kl_loss_type=low_var_kl",  # k3, as the CPU trainer
         f"{actor}.grad_clip={rl.grad_clip}",
         f"{rollout}.name=vllm",
-        f"{rollout}.mode=async",
         f"{rollout}.n={rl.group_size}",
         f"{rollout}.temperature={rl.temperature}",
         f"{rollout}.top_p={rl.top_p}",
         f"{rollout}.tensor_model_parallel_size={v.tensor_parallel}",
         f"{rollout}.gpu_memory_utilization={v.gpu_memory_utilization}",
-        f"{rollout}.calculate_log_probs=True",
-        f"{rollout}.multi_turn.enable=True",
-        f"{rollout}.multi_turn.max_assistant_turns={rl.max_turns}",
         f"{rollout}.agent.num_workers={v.agent_workers}",
         f"{rollout}.agent.agent_loop_config_path={agent_loop_config}",
         f"{rollout}.agent.default_agent_loop={AGENT_NAME}",
@@ -215,12 +286,21 @@ def verl_overrides(
         "trainer.logger=[" + ",".join(v.logger) + "]",
         f"trainer.default_local_dir={checkpoint_dir}",
     ]
+    if rl.loss == "dr_grpo":
+        # Dr. GRPO divides each sequence's token sum by one constant; unset, verl divides by the
+        # micro-batch's padded width, which dynamic batching changes from batch to batch.
+        out.append(f"{actor}.loss_scale_factor={v.response_length}")
     if hydra_dir is not None:  # else Hydra writes outputs/DATE/ wherever verl was started
         out.append(f"hydra.run.dir={hydra_dir}")
     if v.lora:
         out += [
-            f"actor_rollout_ref.model.lora_rank={rl.lora.r}",
-            f"actor_rollout_ref.model.lora_alpha={rl.lora.alpha}",
-            "actor_rollout_ref.model.target_modules=[" + ",".join(rl.lora.target_modules) + "]",
+            f"{model}.lora_rank={rl.lora.r}",
+            f"{model}.lora_alpha={rl.lora.alpha}",
+            f"{model}.target_modules=[" + ",".join(rl.lora.target_modules) + "]",
         ]
     return [*out, *v.overrides]
+
+
+def _hydra_value(value: Any) -> str:
+    """A literal Hydra's override grammar reads back as ``value`` (JSON's are, for scalars)."""
+    return json.dumps(value)

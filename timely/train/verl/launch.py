@@ -13,7 +13,15 @@ One run directory (``out``) holds everything, on a filesystem every node sees:
   same command continues a killed run).
 
 One tool server per latency is started as its own process (or the URLs in
-``verl.tool_servers`` are checked), and stopped when verl exits.
+``verl.tool_servers`` are checked), health-checked at the address the workers will use, and
+stopped when verl exits.
+
+Before any of that, :func:`preflight` checks that the interpreter that runs verl imports
+everything the chosen trainer path does (vLLM for rollouts, TransferQueue for verl's default v1
+trainer, flash-attn when ``verl.attention`` asks for it), and names the install line for what is
+missing. While verl runs, the launcher watches the run's abort file: when failed prompt groups
+pass ``verl.max_failed_share`` (:mod:`timely.train.verl.failures`), it stops verl and exits
+non-zero with the reason.
 """
 
 from __future__ import annotations
@@ -72,6 +80,10 @@ class VerlRun:
     @property
     def logs(self) -> Path:
         return self.dir / "logs"
+
+    @property
+    def abort_file(self) -> Path:
+        return self.dir / "ABORTED"
 
     @property
     def command(self) -> list[str]:
@@ -142,7 +154,8 @@ def launch(
     run = plan(config)
     run.logs.mkdir(parents=True, exist_ok=True)
     if runner is None:
-        _check_verl(config)
+        preflight(config)
+    run.abort_file.unlink(missing_ok=True)  # a rerun after the cause was fixed
     if _export_needed(run):
         say(f"exporting {config.verl.train_prompts} train and {config.verl.val_prompts} test rows")
         from timely.train.verl.data import export_data
@@ -158,12 +171,26 @@ def launch(
     run.agent_loops.write_text(run.agent_loops_yaml())
     (run.dir / "command.sh").write_text("#!/bin/sh\n" + shlex.join(run.command) + "\n")
     with served_tools(config, run.logs) as urls:
-        settings = AgentSettings(rl=config.rl, tool_servers=urls)
+        settings = AgentSettings(
+            rl=config.rl,
+            tool_servers=urls,
+            max_failed_share=config.verl.max_failed_share,
+            failed_min_groups=config.verl.failed_min_groups,
+            abort_file=str(run.abort_file),
+            failure_log=str(run.logs / "failed-groups.jsonl"),
+        )
         run.settings.write_text(settings.model_dump_json(indent=2) + "\n")
         for latency, url in urls.items():
             say(f"tool server {latency}: {url}")
         say(f"running verl (log: {run.logs / 'verl.log'})")
-        return (runner or run_logged)(run.command, run.logs / "verl.log")
+        if runner is None:
+            code = run_logged(run.command, run.logs / "verl.log", abort_file=run.abort_file)
+        else:
+            code = runner(run.command, run.logs / "verl.log")
+    if run.abort_file.exists():
+        say(f"stopped: {run.abort_file.read_text()}")
+        return code or 1
+    return code
 
 
 @contextlib.contextmanager
@@ -193,11 +220,20 @@ def served_tools(config: VerlConfig, logs: Path) -> Iterator[dict[str, str]]:
                 )
             )
             urls[latency] = url.replace("127.0.0.1", advertised, 1) if host == "0.0.0.0" else url
+            # Checked where the workers will knock (the advertised name), not on loopback.
+            _check_health(latency, urls[latency])
         yield urls
 
 
-def run_logged(command: list[str], log: Path) -> int:
-    """Run ``command``, its output shown and appended to ``log``; Ctrl-C stops it cleanly."""
+def run_logged(command: list[str], log: Path, *, abort_file: Path | None = None) -> int:
+    """Run ``command``, its output shown and appended to ``log``; Ctrl-C stops it cleanly.
+
+    Args:
+        command: the command.
+        log: appended with its output.
+        abort_file: when it appears (checked at every output line: verl logs every failed
+            group, so failures make lines), the command is stopped and 1 returned.
+    """
     with open(log, "ab") as sink:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
@@ -206,14 +242,22 @@ def run_logged(command: list[str], log: Path) -> int:
                 sink.write(line)
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
+                if abort_file is not None and abort_file.exists():
+                    _stop(proc)
+                    return 1
             return proc.wait()
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)  # verl's driver shuts Ray down on SIGINT
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
             raise
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)  # verl's driver shuts Ray down on SIGINT
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _check_health(latency: str, url: str) -> None:
@@ -231,23 +275,74 @@ def _check_health(latency: str, url: str) -> None:
         raise ConfigError(f"tool server for {latency} at {url} answered /health with an error")
 
 
-def _check_verl(config: VerlConfig) -> None:
-    """Fail before any work when the interpreter that runs verl has no verl."""
+# What verl 0.9.1's trainer path imports that its base wheel may lack, and what installs it.
+_GPU_ENV = "the GPU environment (requirements/verl-gpu.txt; the steps are in docs/scale.md)"
+_TRANSFER_QUEUE = "pip install TransferQueue==0.1.11 (it is in requirements/verl-gpu.txt)"
+_FLASH_ATTN = "pip install flash-attn --no-build-isolation (after torch, in the GPU environment)"
+
+
+def trainer_imports(config: VerlConfig) -> list[tuple[str, str]]:
+    """``(module, how to install it)`` for every module the configured trainer path imports.
+
+    verl itself and its agent-loop layer; vLLM (``rollout.name=vllm``); TransferQueue for
+    verl's default v1 trainer (unless ``verl.overrides`` sets ``trainer.use_v1=false``);
+    flash-attn when ``verl.attention`` is ``flash_attention_2``.
+    """
+    out = [
+        ("verl", _GPU_ENV),
+        ("verl.experimental.agent_loop", _GPU_ENV),
+        ("vllm", _GPU_ENV),
+    ]
+    given = dict(o.lstrip("+").split("=", 1) for o in config.verl.overrides if "=" in o)
+    if given.get("trainer.use_v1", "true").lower() not in ("false", "0"):
+        out.append(("transfer_queue", _TRANSFER_QUEUE))
+    if config.verl.attention == "flash_attention_2":
+        out.append(("flash_attn", _FLASH_ATTN))
+    return out
+
+
+def preflight(config: VerlConfig) -> None:
+    """Fail before any work when the interpreter that runs verl lacks a module the run imports.
+
+    Raises:
+        ConfigError: naming every missing module and the line that installs it.
+    """
     python = config.verl.python or sys.executable
+    needed = trainer_imports(config)
     probe = subprocess.run(
-        [python, "-c", "import verl, verl.experimental.agent_loop"],
+        [python, "-c", _PROBE, *(module for module, _ in needed)],
         capture_output=True,
         text=True,
         check=False,
     )
-    if probe.returncode != 0:
-        lines = probe.stderr.strip().splitlines()
-        why = lines[-1] if lines else f"exit code {probe.returncode}"
+    try:
+        missing = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
         raise ConfigError(
-            f"{python} cannot import verl ({why}); install the GPU environment "
-            "(requirements/verl-gpu.txt; the steps are in docs/scale.md) or point verl.python "
-            "at an interpreter that has it"
+            f"{python} could not check the modules verl needs ({probe.stderr.strip()[-300:]}); "
+            f"install {_GPU_ENV} or point verl.python at an interpreter that has it"
+        ) from None
+    if missing:
+        hints = dict(needed)
+        lines = [f"  {m}: {why}\n    install: {hints[m]}" for m, why in missing.items()]
+        raise ConfigError(
+            f"{python} cannot import what this verl run needs:\n"
+            + "\n".join(lines)
+            + "\n(or point verl.python at an interpreter that has them)"
         )
+
+
+# Imports each module named on the command line; prints {module: error} for those that fail.
+_PROBE = """
+import importlib, json, sys
+missing = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        missing[name] = f"{type(exc).__name__}: {exc}"[:300]
+print(json.dumps(missing))
+"""
 
 
 def _load_tokenizer(model: str) -> Any:

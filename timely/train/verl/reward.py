@@ -40,7 +40,9 @@ def compute_score(
 
     Returns:
         ``score`` (the reward verl trains on) and ``acc`` (task correctness), ``on_time``,
-        ``answered``, ``budget_use`` (elapsed / budget), ``elapsed_s``.
+        ``answered``, ``budget_use`` (elapsed / budget), ``elapsed_s``, and
+        ``failed_group_share`` (the share of failed prompt groups on the rollout's worker so
+        far, :mod:`timely.train.verl.failures`).
     """
     info = extra_info or {}
     missing = [k for k in _NEEDED if k not in info]
@@ -74,4 +76,5 @@ def compute_score(
         "answered": float(answered),
         "budget_use": elapsed / budget if budget > 0 else 0.0,
         "elapsed_s": elapsed,
+        "failed_group_share": float(info.get("timely_failed_group_share", 0.0)),
     }

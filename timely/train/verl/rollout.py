@@ -8,6 +8,12 @@ TokenServerPolicy` and real HTTP tool calls, and returns :class:`RolloutTokens`:
 one token sequence with tool, observation and time-status tokens masked, and the timing the
 reward needs in ``extra_fields``.
 
+Two things verl's default (v1) trainer needs of every rollout: the weight versions it was sampled
+under (``min_global_steps`` / ``max_global_steps`` in ``extra_fields``, from the server's first
+and last output, else the step verl started the rollout at), and at least one response token
+(verl writes the reward at the last response position): a rollout cut before its first sample
+gets one end-of-turn token, masked 0, so it counts in its group's baseline and trains nothing.
+
 What stays different from the CPU trainer's rollouts: verl batches requests itself, so there is
 no lockstep batcher; the per-rollout speed factor is drawn from fresh entropy (verl does not tell
 a rollout which of the ``n`` it is) and recorded in ``extra_fields`` instead.
@@ -37,6 +43,7 @@ from timely.task import Task, make_task
 from timely.toolclient import ToolBackend
 from timely.train.config import RLConfig, _Frozen
 from timely.train.episodes import Setting, episode_budget
+from timely.train.verl.failures import FailureRule
 from timely.train.view import ViewForm, training_view
 from timely.types import EndReason, Trajectory
 
@@ -51,6 +58,17 @@ class AgentSettings(_Frozen):
     tool_servers: dict[str, str] = Field(
         default_factory=dict, description="latency spec -> tool server URL (one per latency)."
     )
+    max_failed_share: float = Field(1.0, ge=0, le=1, description="verl.max_failed_share.")
+    failed_min_groups: int = Field(16, ge=1, description="verl.failed_min_groups.")
+    abort_file: str | None = Field(
+        None, description="Written when failed groups stop the run (the launcher watches it)."
+    )
+    failure_log: str | None = Field(None, description="Failed groups, one JSON line each.")
+
+    def failure_rule(self) -> FailureRule:
+        return FailureRule(
+            self.max_failed_share, self.failed_min_groups, self.abort_file, self.failure_log
+        )
 
     def tool_server(self, latency: str) -> str:
         try:
@@ -132,6 +150,9 @@ async def play_row(
     prompt_length: int,
     response_length: int,
     rng: np.random.Generator | None = None,
+    global_steps: int | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    generation_config: Any = None,
 ) -> RolloutTokens:
     """Play the episode ``extra_info`` names on ``server`` and return its token sequence.
 
@@ -145,6 +166,10 @@ async def play_row(
         prompt_length: ``rollout.prompt_length``: the first prompt must fit.
         response_length: ``rollout.response_length``: everything after it is cut there.
         rng: draws the generation speed factor (default: fresh entropy).
+        global_steps: the trainer step verl started this rollout at (its ``global_steps``
+            kwarg): the weight version when the server reports none.
+        chat_template_kwargs: verl's ``data.apply_chat_template_kwargs``.
+        generation_config: the model's generation config (its EOS ids end a turn).
     """
     rl = settings.rl
     task, setting = row_task(extra_info)
@@ -158,6 +183,8 @@ async def play_row(
         response_length=response_length,
         context_length=prompt_length + response_length,
         prompt_length=prompt_length,
+        generation_config=generation_config,
+        chat_template_kwargs=chat_template_kwargs,
         name="verl",
     )
     timed = _TimedTools(tools)
@@ -178,7 +205,7 @@ async def play_row(
             "check it (`curl URL/health`) and restart the run (it resumes from its checkpoint)"
         )
     prompt = policy.tokens.initial_ids or prompt_token_ids(
-        tokenizer, opening_messages(task, options.time, setting.budget_s), []
+        policy.tokens.tokenizer, opening_messages(task, options.time, setting.budget_s), []
     )
     if len(prompt) > prompt_length:  # the policy refused it before sampling
         raise TrainingDataError(
@@ -189,14 +216,23 @@ async def play_row(
     ids, mask, logprobs = _response(traj, prompt)
     if len(ids) > response_length:  # the policy caps every request by what is left
         raise TrainingDataError(f"a rollout overran response_length: {len(ids)} tokens")
-    has_logprobs = all(s.logprobs is not None for s in traj.steps if s.token_ids)
+    sampled = [s for s in traj.steps if s.token_ids]
+    has_logprobs = all(s.logprobs is not None for s in sampled)
+    if not ids:  # nothing sampled: one end-of-turn token that trains nothing
+        ids, mask, logprobs = [min(policy.stop_ids)], [0], [0.0]
+        has_logprobs = bool(sampling_params.get("logprobs"))
+    fields = episode_fields(traj, rl, factor)
+    oldest = policy.min_global_steps if policy.min_global_steps is not None else global_steps
+    newest = policy.max_global_steps if policy.max_global_steps is not None else global_steps
+    if oldest is not None and newest is not None:
+        fields["min_global_steps"], fields["max_global_steps"] = int(oldest), int(newest)
     return RolloutTokens(
         prompt_ids=prompt,
         response_ids=ids,
         response_mask=mask,
         response_logprobs=logprobs if has_logprobs else None,
         num_turns=1 + sum(1 + len(s.tool_results) for s in traj.steps),
-        extra_fields=episode_fields(traj, rl, factor),
+        extra_fields=fields,
         gen_wall_s=policy.server_s,
         tool_wall_s=timed.seconds,
         trajectory=traj,

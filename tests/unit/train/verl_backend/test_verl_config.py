@@ -39,17 +39,78 @@ def test_the_paper_recipe_in_verl_names():
         o["algorithm.adv_estimator"] == "grpo" and o["algorithm.norm_adv_by_std_in_grpo"] == "True"
     )
     assert o["actor_rollout_ref.rollout.n"] == "8"
-    assert o["actor_rollout_ref.rollout.multi_turn.max_assistant_turns"] == "20"
-    assert (
-        o["actor_rollout_ref.rollout.name"] == "vllm"
-        and o["actor_rollout_ref.rollout.mode"] == "async"
-    )
+    assert o["actor_rollout_ref.rollout.name"] == "vllm"
     assert o["actor_rollout_ref.rollout.agent.default_agent_loop"] == "timely_agent"
     assert o["actor_rollout_ref.rollout.agent.agent_loop_config_path"] == "L"
     assert o["reward.custom_reward_function.path"] == "R"
     assert o["reward.custom_reward_function.name"] == "compute_score"
-    assert o["data.return_raw_chat"] == "True"
-    assert o["actor_rollout_ref.rollout.calculate_log_probs"] == "True"
+    # The attention is chosen, not left to verl's flash_attention_2 default.
+    assert o["+actor_rollout_ref.model.override_config.attn_implementation"] == "sdpa"
+    assert o["actor_rollout_ref.model.use_remove_padding"] == "False"
+
+
+def test_only_keys_that_act_are_emitted():
+    keys = set(overrides(VerlConfig()))
+    inert = {
+        "actor_rollout_ref.rollout.multi_turn.enable",  # verl's ToolAgentLoop reads these
+        "actor_rollout_ref.rollout.multi_turn.max_assistant_turns",
+        "actor_rollout_ref.rollout.mode",  # verl's defaults, restated
+        "data.return_raw_chat",
+        "data.truncation",
+        "data.filter_overlong_prompts",
+    }
+    assert not keys & inert
+
+
+def test_flash_attention_packs_sequences():
+    config = small_config()
+    config = config.model_copy(
+        update={"verl": config.verl.model_copy(update={"attention": "flash_attention_2"})}
+    )
+    o = overrides(config)
+    assert o["+actor_rollout_ref.model.override_config.attn_implementation"] == (
+        "flash_attention_2"
+    )
+    assert o["actor_rollout_ref.model.use_remove_padding"] == "True"
+
+
+def test_dr_grpo_divides_by_the_response_length():
+    o = overrides(small_config(loss="dr_grpo"))
+    assert o["actor_rollout_ref.actor.loss_scale_factor"] == "2048"  # verl.response_length
+    assert "actor_rollout_ref.actor.loss_scale_factor" not in overrides(small_config())
+
+
+def test_chat_template_kwargs_become_verls_data_key():
+    config = small_config()
+    config = config.model_copy(
+        update={
+            "verl": config.verl.model_copy(
+                update={"chat_template_kwargs": {"enable_thinking": False}}
+            )
+        }
+    )
+    assert overrides(config)["+data.apply_chat_template_kwargs.enable_thinking"] == "false"
+
+
+def test_several_nodes_refuse_tool_servers_only_one_node_reaches():
+    with pytest.raises(ConfigError, match="verl.nnodes=2 with tool servers bound to 127.0.0.1"):
+        load_config(VerlConfig, None, ["verl.nnodes=2"])
+    with pytest.raises(ValidationError, match="loopback"):
+        VerlConfig.model_validate(
+            {
+                "rl": {"latencies": ["constant:1.0"], "prompts_per_step": 32},
+                "verl": {"nnodes": 2, "tool_servers": {"constant:1.0": "http://localhost:8701"}},
+            }
+        )
+    ok = load_config(VerlConfig, None, ["verl.nnodes=2", "verl.tool_host=0.0.0.0"])
+    assert ok.verl.nnodes == 2
+    assert load_config(VerlConfig, None, []).verl.tool_host == "127.0.0.1"  # one node: fine
+
+
+def test_lora_dropout_is_refused_where_verl_has_none():
+    with pytest.raises(ConfigError, match="verl's FSDP LoRA has no dropout"):
+        overrides = ["verl.lora=true", "rl.lora.dropout=0.1", "rl.prompts_per_step=32"]
+        load_config(VerlConfig, None, overrides)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +159,7 @@ def test_shipped_configs_dry_run(name, capsys):
     command = shlex.split(text.splitlines()[1])
     assert command[1:3] == ["-m", "verl.trainer.main_ppo"]
     assert "actor_rollout_ref.rollout.n=8" in command
-    assert "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=20" in command
+    assert "+data.apply_chat_template_kwargs.enable_thinking=false" in command  # Qwen3: no thinking
     config = load_config(VerlConfig, str(path), [])
     assert f"actor_rollout_ref.model.path={config.verl.model}" in command
     assert "_target_: timely.train.verl.agent_loop.TimelyAgentLoop" in text

@@ -1,0 +1,233 @@
+"""The verl backend on verl 0.9.1's default (v1) trainer path, on CPU (``make test-verl``).
+
+``trainer.use_v1`` is verl's default: its agent-loop worker (``AgentLoopWorkerTQ``) runs a
+prompt's ``rollout.n`` sessions as one group, scores them through a reward worker, post-processes
+each rollout into TransferQueue rows with tags (``min_global_steps``/``max_global_steps``, which
+the trainer turns into an integer array every step), and marks a group failed when a session
+raises. These tests run that worker's own code (``_run_prompt``, ``_run_agent_loop``,
+``_agent_loop_postprocess``, ``_compute_score``) without Ray: the worker object is built
+without its actor wrapper, TransferQueue's two write calls are recorded in memory, the reward
+worker calls the run's ``compute_score`` as verl's naive reward manager does, and the token server
+is scripted. Then the trainer's per-step bookkeeping runs on what the worker wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+verl = pytest.importorskip("verl")
+tq = pytest.importorskip("transfer_queue")
+
+from omegaconf import OmegaConf  # noqa: E402
+from verl.experimental.agent_loop import agent_loop as verl_agent_loop  # noqa: E402
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage  # noqa: E402
+from verl.trainer.ppo.reward import get_custom_reward_fn  # noqa: E402
+from verl.trainer.ppo.v1 import agent_loop_tq  # noqa: E402
+from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
+
+from tests.helpers.tiny_model import tiny_tokenizer  # noqa: E402
+from tests.helpers.token_server import ScriptedTokenServer  # noqa: E402
+from tests.helpers.verl_rows import small_config, solving_replies  # noqa: E402
+from tests.verl_env.test_verl_backend import verl_config  # noqa: E402
+from timely.train.verl.launch import launch  # noqa: E402
+from timely.train.verl.rollout import row_task  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class _Server:
+    """verl's LLMServerClient: tags each output with the weight version it was sampled under
+    (``extra_fields``, as ``llm_server.py`` does); the version moves between calls."""
+
+    def __init__(self, inner: ScriptedTokenServer, versions: list[int] | None) -> None:
+        self.inner, self.versions, self.calls = inner, versions, 0
+
+    async def generate(self, request_id, **kwargs):
+        out = await self.inner.generate(request_id, **kwargs)
+        if self.versions is not None:
+            step = self.versions[min(self.calls, len(self.versions) - 1)]
+            out.extra_fields = {"global_steps": step, "min_global_steps": step}
+            out.extra_fields["max_global_steps"] = step
+        self.calls += 1
+        return out
+
+
+class _RewardWorker:
+    """verl's reward-loop worker with the naive manager: ``compute_score`` of the run's reward
+    file, the rollout's ``extra_fields`` merged into the row's ``extra_info``."""
+
+    def __init__(self, score) -> None:
+        self.score = score
+        self.compute_score = SimpleNamespace(remote=self._remote)
+
+    async def _remote(self, data):
+        info = dict(data.non_tensor_batch["extra_info"][-1])
+        info.update(data.non_tensor_batch["tool_extra_fields"][-1])
+        result = self.score(
+            data_source=data.non_tensor_batch["data_source"][-1],
+            solution_str="",
+            ground_truth=data.non_tensor_batch["reward_model"][-1]["ground_truth"],
+            extra_info=info,
+        )
+        return {"reward_score": result["score"], "reward_extra_info": result}
+
+
+class _Queue:
+    """TransferQueue's two writes of the v1 worker, kept in memory."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, str] = {}
+        self.rows: dict[str, dict] = {}
+        self.tags: dict[str, dict] = {}
+
+    async def kv_put(self, key, partition_id, tag):
+        self.status[key] = tag["status"]
+
+    async def kv_batch_put(self, keys, fields, tags, partition_id):
+        for i, key in enumerate(keys):
+            self.rows[key] = fields[i]
+            self.tags[key] = tags[i]
+
+
+def v1_worker(cfg, tok, server, reward):
+    """``AgentLoopWorkerTQ`` as verl builds it, less Ray and the model download."""
+    cls = agent_loop_tq.AgentLoopWorkerTQ.__ray_metadata__.modified_class
+    worker = object.__new__(cls)
+    worker.config = cfg
+    worker.llm_client = server
+    worker.tokenizer, worker.processor, worker.hf_model_type = tok, None, None
+    worker.dataset_cls, worker.tools, worker.mm_processor_kwargs = RLHFDataset, [], {}
+    worker.distillation_enabled = False
+    worker.reward_loop_worker_handles = [_RewardWorker(reward)]
+    worker.background_tasks = set()
+    for entry in OmegaConf.load(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path):
+        verl_agent_loop._agent_loop_registry[entry.name] = entry
+    return worker
+
+
+def run_group(worker, item, *, uid: str, global_steps: int, queue: _Queue, monkeypatch):
+    """One prompt group through the worker's ``_run_prompt``, as ``generate_sequences`` spawns."""
+    monkeypatch.setattr(tq, "async_kv_put", queue.kv_put)
+    monkeypatch.setattr(tq, "async_kv_batch_put", queue.kv_batch_put)
+    prompt = {k: v for k, v in item.items() if k != "dummy_tensor"}
+    prompt.update(uid=uid, global_steps=global_steps)
+    sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    trajectory = {"step": global_steps, "sample_index": 0, "rollout_n": 0, "validate": False}
+    asyncio.run(worker._run_prompt(prompt, sampling, trajectory=trajectory))
+
+
+def launched(tmp_path: Path, check, expect: int = 0, **verl_settings) -> None:
+    """Launch a small run whose "verl" is ``check(cfg, tok, item)`` (tool servers running)."""
+    tok = tiny_tokenizer()
+    config = small_config(out=str(tmp_path / "run"), group_size=2)
+    config = config.model_copy(update={"verl": config.verl.model_copy(update=verl_settings)})
+
+    def verl_on_cpu(command: list[str], log: Path) -> int:
+        cfg = verl_config(command[3:])
+        item = RLHFDataset(cfg.data.train_files, tok, cfg.data)[0]
+        check(cfg, tok, item)
+        return 0
+
+    said: list[str] = []
+    assert launch(config, tokenizer=tok, runner=verl_on_cpu, say=said.append) == expect, said
+
+
+def test_v1_worker_writes_rows_the_trainer_steps_on(tmp_path, monkeypatch):
+    queue = _Queue()
+
+    def check(cfg, tok, item):
+        task, _ = row_task(item["extra_info"])
+        # The weights move from version 3 to 4 during the episode (an async weight sync).
+        server = _Server(ScriptedTokenServer(tok, solving_replies(task) * 2), [3, 3, 4])
+        worker = v1_worker(cfg, tok, server, get_custom_reward_fn(cfg))
+        run_group(worker, item, uid="g0", global_steps=3, queue=queue, monkeypatch=monkeypatch)
+
+    launched(tmp_path, check)
+    assert queue.status == {"g0": "finished"}
+    assert sorted(queue.rows) == ["g0_0_0", "g0_1_0"]  # rollout.n=2 sessions
+    tags = [queue.tags[k] for k in sorted(queue.tags)]
+    assert all(t["status"] == "success" for t in tags)
+    assert [t["min_global_steps"] for t in tags] == [3, 3]  # the first call's version
+    assert {t["max_global_steps"] for t in tags} <= {3, 4}  # the last call's
+    assert 4 in {t["max_global_steps"] for t in tags}
+
+    # The trainer's per-step bookkeeping (trainer_base.PPOTrainer._compute_metrics) on the tags:
+    # integer arrays of the versions, spans and staleness.
+    keep = np.array([not t.get("is_padding", False) for t in tags], dtype=bool)
+    lo = np.array([t["min_global_steps"] for t in tags], dtype=int)[keep]
+    hi = np.array([t["max_global_steps"] for t in tags], dtype=int)[keep]
+    assert (hi - lo + 1).min() >= 1 and ((4 - 1) - hi).max() <= 0
+
+    # The rows as the trainer reads them back (one jagged batch), the reward at the last
+    # response position, and GRPO's advantage over the group.
+    fields = [queue.rows[k] for k in sorted(queue.rows)]
+    batch = list_of_dict_to_tensordict(
+        [{k: f[k] for k in ("prompts", "responses", "response_mask", "rm_scores")} for f in fields]
+    )
+    scores = batch["rm_scores"].to_padded_tensor(0.0)
+    mask = batch["response_mask"].to_padded_tensor(0)
+    assert scores.shape == mask.shape and (scores.sum(-1) > 1.0).all()  # solved, on time
+    adv, _ = compute_grpo_outcome_advantage(scores, mask.float(), np.array(["g0", "g0"]))
+    assert adv.shape == mask.shape
+    extra = fields[0]["extra_fields"]
+    assert extra["timely_failed_group_share"] == 0.0
+    assert extra["reward_extra_info"]["acc"] == 1.0
+
+
+def test_a_rollout_cut_before_its_first_sample_is_one_masked_token(tmp_path, monkeypatch):
+    queue = _Queue()
+
+    def check(cfg, tok, item):
+        # A budget that is gone before the first token: nothing is ever sampled.
+        item = dict(item)
+        item["extra_info"] = {**item["extra_info"], "budget_s": 1e-6}
+        server = _Server(ScriptedTokenServer(tok, ["never<|im_end|>"]), None)
+        worker = v1_worker(cfg, tok, server, get_custom_reward_fn(cfg))
+        run_group(worker, item, uid="g1", global_steps=5, queue=queue, monkeypatch=monkeypatch)
+        assert server.inner.requests == []
+
+    launched(tmp_path, check)
+    assert queue.status == {"g1": "finished"}  # not an IndexError in as_dict()
+    for key, row in queue.rows.items():
+        assert row["responses"].shape == (1,) and row["response_mask"].tolist() == [0], key
+        assert row["rm_scores"].shape == (1,)  # the reward sits on the one token
+        assert row["rollout_log_probs"].tolist() == [0.0]
+        # No server output: the weight version is the step the rollout started at.
+        assert queue.tags[key]["min_global_steps"] == queue.tags[key]["max_global_steps"] == 5
+
+
+def test_failed_groups_are_counted_and_stop_the_run_past_the_share(tmp_path, monkeypatch):
+    queue = _Queue()
+    run_dir = tmp_path / "run"
+
+    def check(cfg, tok, item):
+        task, _ = row_task(item["extra_info"])
+        settings_path = OmegaConf.load(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path)
+        settings = json.loads(Path(settings_path[0].settings_path).read_text())
+        assert settings["max_failed_share"] == 0.25 and settings["failed_min_groups"] == 2
+        ok = _Server(ScriptedTokenServer(tok, solving_replies(task) * 2), [1])
+        good = v1_worker(cfg, tok, ok, get_custom_reward_fn(cfg))
+        run_group(good, item, uid="ok", global_steps=1, queue=queue, monkeypatch=monkeypatch)
+
+        def no_score(**_):  # the reward refuses the rollout (its missing-key error)
+            raise KeyError("timely_score")
+
+        bad = v1_worker(cfg, tok, ok, no_score)
+        run_group(bad, item, uid="bad", global_steps=1, queue=queue, monkeypatch=monkeypatch)
+        assert (run_dir / "ABORTED").is_file()  # 1 of 2 groups failed: over 25%
+        # Every later rollout is refused, so the run cannot go on training on what is left.
+        run_group(good, item, uid="later", global_steps=2, queue=queue, monkeypatch=monkeypatch)
+
+    # The launcher exits non-zero with the reason once the abort file is there.
+    launched(tmp_path, check, expect=1, max_failed_share=0.25, failed_min_groups=2)
+    assert queue.status == {"ok": "finished", "bad": "failure", "later": "failure"}
+    assert "1 of 2 prompt groups failed" in (run_dir / "ABORTED").read_text()
+    logged = [json.loads(line) for line in (run_dir / "logs" / "failed-groups.jsonl").open()]
+    assert logged[0]["uid"] == "bad" and "timely_score" in logged[0]["error"]
