@@ -14,8 +14,8 @@ and every ratio is against an anchor measured in the same run:
   Both engines sample (T=1), so their episodes differ; generated tokens/s is the fairer speed
   figure, episodes/s the one a trainer feels.
 - **Work**: tokens the model processed (``HFPolicy.stats.processed_tokens``: rows x width of
-  every forward call, padding included; a forward hook counts the same where an engine keeps no
-  stats) over the episodes' unique tokens (:func:`timely.train.throughput.unique_tokens`).
+  every forward call, padding included, cross-checked by a forward hook on the model) over the
+  episodes' unique tokens (:func:`timely.train.throughput.unique_tokens`).
 - **Compute**: processed tokens/s of the new engine's rollouts against the machine's ceiling,
   a square matmul's FLOP/s in the rollouts' precision over 2 FLOPs per parameter per token.
 - **Decode batch**: aggregate tokens/s of 16 sampled rows of one chat prompt (new engine) next to
@@ -25,9 +25,6 @@ and every ratio is against an anchor measured in the same run:
   it): the first turn of the 8 rollouts batched against the same 8 requests one by one: reported.
 - **Timely-Eval**: the ``hf:`` rows of the smoke suite (``configs/eval/smoke.yaml``) run by
   ``run_suite`` with ``kv_reuse`` true and false: wall time, new / old.
-
-Until the new engine has landed (``HFPolicy`` without a ``kv_reuse`` argument) both sides run
-today's engine and the ratios are ~1: the printout says so.
 
 Ends with one line per goal, ``GOAL <name>: measured <x> goal <y> met|missed``, and
 ``REPORT <name>: <x>`` for figures without a goal. ``--json PATH`` also writes them as JSON.
@@ -43,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import json
 import sys
 import tempfile
@@ -58,6 +54,7 @@ import torch
 from timely.clock import wall_seconds
 from timely.policies.hf import HFPolicy
 from timely.policies.hf_models import load_model
+from timely.rollout import Runtime
 from timely.train.config import RLConfig
 from timely.train.grpo import rollout_batch, rollout_policy
 from timely.train.throughput import engine_stats, unique_tokens
@@ -66,7 +63,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benches'
 from inference import raw_llama, run_raw  # noqa: E402
 
 MODEL = "smollm2-135m-timely"  # the embedded model with its shipped adapter: it calls tools
-KV_REUSE = "kv_reuse" in inspect.signature(HFPolicy).parameters  # the new engine has landed
 ENGINES = {"today": False, "new": True}
 
 
@@ -91,8 +87,8 @@ def matmul_flops(precision: str, n: int = 2048, repeats: int = 5) -> float:
 # --- work counting ------------------------------------------------------------------------------
 @contextmanager
 def forward_counter(model: Any) -> Iterator[list[int]]:
-    """Counts rows x width of every forward call of ``model`` (a cross-check of the engine's own
-    ``processed_tokens``, and the count for an engine without stats)."""
+    """Counts rows x width of every forward call of ``model``: a check of the engine's own
+    ``processed_tokens`` that does not trust the engine."""
     total = [0]
 
     def hook(_module: Any, args: tuple, kwargs: dict) -> None:
@@ -109,21 +105,9 @@ def forward_counter(model: Any) -> Iterator[list[int]]:
         handle.remove()
 
 
-def rollout_runtime(seed: int) -> Any:
-    """What ``rollout_batch`` plays in: the rollout engine's Runtime, or the tool pool that came
-    before it (the trainer's setup is being moved into :mod:`timely.rollout`)."""
-    try:
-        from timely.rollout import Runtime
-    except ImportError:
-        from timely.train.episodes import tool_pool  # type: ignore[attr-defined]
-
-        return tool_pool(seed)
-    return Runtime(clock="virtual", seed=seed)
-
-
 def engine(kv_reuse: bool) -> dict[str, Any]:
-    """HFPolicy options selecting an engine (none before the new engine exists)."""
-    return {"kv_reuse": kv_reuse} if KV_REUSE else {}
+    """HFPolicy options selecting an engine."""
+    return {"kv_reuse": kv_reuse}
 
 
 # --- GRPO groups --------------------------------------------------------------------------------
@@ -151,14 +135,14 @@ def group_config(task: str, precision: str, quick: bool) -> RLConfig:
 async def play_group(model: Any, tokenizer: Any, config: RLConfig, kv_reuse: bool) -> dict:
     """One group through the trainer's rollout path; its speed, work and unique tokens."""
     policy = rollout_policy(model, tokenizer, 1, config, **engine(kv_reuse))
-    async with rollout_runtime(config.seed) as pool:
+    async with Runtime(clock="virtual", seed=config.seed) as runtime:
         with forward_counter(model) as counted:
             start = wall_seconds()
             groups = await rollout_batch(
                 1,
                 model,
                 tokenizer,
-                pool,
+                runtime,
                 np.random.default_rng(config.seed),
                 config,
                 policy=policy,
@@ -363,8 +347,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     began = wall_seconds()
     say(f"threads={args.threads} precision={args.precision} quick={args.quick} model={MODEL}")
-    if not KV_REUSE:
-        say("NOTE: HFPolicy has no kv_reuse yet: 'new' runs today's engine too (ratios ~1)")
     llamacpp = llamacpp_one_sequence(args.threads)
     say(f"raw llama.cpp, one sequence: {llamacpp:.1f} tok/s")
     flops = matmul_flops(args.precision)
@@ -434,7 +416,6 @@ def main() -> None:
             json.dumps(
                 {
                     "args": {k: str(x) for k, x in vars(args).items()},
-                    "kv_reuse_engine": KV_REUSE,
                     "goals": v.goals,
                     "reports": v.reports,
                 },
