@@ -219,6 +219,28 @@ def anytime_rows(
     return rows
 
 
+def instance_aucs(
+    trajs: Iterable[Trajectory],
+) -> dict[tuple[Any, ...], tuple[tuple[float, ...], float]]:
+    """Each instance's own AUC, for pairing two runs (``timely compare``).
+
+    Returns:
+        (family, protocol, task, difficulty, seed, latency, sample) -> (the multipliers it was
+        played at, its AUC); instances played at fewer than two multipliers are left out.
+    """
+    per: dict[tuple[Any, ...], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for t in trajs:
+        parsed = parse_budget(FIELDS["budget"](t))
+        if parsed is not None:
+            per[(FIELDS["family"](t), parsed[0], *_instance(t))][parsed[1]].append(on_time_score(t))
+    out = {}
+    for key, curve in per.items():
+        auc = normalized_auc((m, float(np.mean(v))) for m, v in curve.items())
+        if auc is not None:
+            out[key] = (tuple(sorted(curve)), auc)
+    return out
+
+
 def has_auc(rows: Iterable[dict[str, Any]]) -> bool:
     """Whether any row has an AUC (a sweep of at least two multipliers)."""
     return any(r.get("auc") is not None for r in rows)

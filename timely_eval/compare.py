@@ -7,7 +7,10 @@ interval on the per-episode differences (:func:`timely_eval.stats.paired_delta`)
 fewer episodes than two independent means would. Per cell (policy × task × latency × budget, as
 the leaderboard groups) and pooled per policy, the report gives B − A of the on-time score, of
 compliance and of elapsed time, each with its 95% interval, the paired t-test's p-value and a
-verdict. Policies pair by label; two runs of one policy each pair even when their labels differ
+verdict. Runs that swept budget multipliers also compare the anytime AUC
+(:mod:`timely_eval.anytime`) per policy, family and budget protocol, paired by instance (task,
+seed, latency, sample played at the same multipliers in both runs). Policies pair by label;
+two runs of one policy each pair even when their labels differ
 (comparing two models). Writes ``compare.md``, a self-contained ``compare.html`` and
 ``compare.json``.
 """
@@ -23,6 +26,7 @@ from typing import Any
 from timely.errors import ConfigError
 from timely.runrecord import read_run
 from timely.types import Trajectory
+from timely_eval.anytime import instance_aucs
 from timely_eval.leaderboard import TEMPLATES, _md_table, latency_short
 from timely_eval.metrics import FIELDS, on_time_score
 from timely_eval.plan import budget_sort_key
@@ -143,8 +147,14 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     cells: dict[tuple[str, ...], list[tuple[Trajectory, Trajectory]]] = defaultdict(list)
     overall: dict[str, list[tuple[Trajectory, Trajectory]]] = defaultdict(list)
     unmatched = {"a_only": 0, "b_only": 0, "duplicates": 0}
+    anytime: list[dict[str, Any]] = []
     for pa_label, pb_label in _policy_pairs(a, b):
         name = pa_label if pa_label == pb_label else f"{pa_label} → {pb_label}"
+        anytime += _auc_rows(
+            name,
+            [t for t in a if FIELDS["policy"](t) == pa_label],
+            [t for t in b if FIELDS["policy"](t) == pb_label],
+        )
         index: dict[str, dict[tuple[Any, ...], Trajectory]] = {"a": {}, "b": {}}
         for side, trajs, label in (("a", a, pa_label), ("b", b, pb_label)):
             for t in trajs:
@@ -182,7 +192,63 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
         "unmatched": unmatched,
         "overall": [{"policy": name, **_delta_row(pairs)} for name, pairs in overall.items()],
         "cells": cell_rows,
+        "anytime": anytime,
     }
+
+
+def _auc_rows(name: str, a: list[Trajectory], b: list[Trajectory]) -> list[dict[str, Any]]:
+    """B - A of the anytime AUC per family and protocol, paired by instance.
+
+    An instance pairs when both runs played it at the same multipliers; a paired t interval on
+    the instance AUC differences (bounded by [-1, 1]) says whether the curve moved.
+    """
+    ia, ib = instance_aucs(a), instance_aucs(b)
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for key, (ms, auc_a) in ia.items():
+        other = ib.get(key)
+        if other is not None and other[0] == ms:
+            groups[(key[0], key[1])].append((auc_a, other[1]))
+    rows = []
+    for (family, protocol), pairs in sorted(groups.items()):
+        d = paired_delta([p[0] for p in pairs], [p[1] for p in pairs], bounds=(-1, 1))
+        rows.append(
+            {
+                "policy": name,
+                "family": family,
+                "protocol": protocol,
+                "n": d.n,
+                "auc_a": d.mean_a,
+                "auc_b": d.mean_b,
+                "delta": d.delta,
+                "lo": d.lo,
+                "hi": d.hi,
+                "p_value": d.p_value,
+                "method": d.method,
+                "verdict": verdict(d),
+            }
+        )
+    return rows
+
+
+def auc_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the anytime AUC comparison (pooled per policy, family, protocol)."""
+    header = ["Policy", "Family", "Budgets", "Instances", "AUC A", "AUC B", "Δ AUC [95% CI]"]
+    header += ["p", "Verdict"]
+    out = [
+        [
+            r["policy"],
+            r["family"],
+            "x own time" if r["protocol"] == "policy" else f"x {r['protocol']} time",
+            str(r["n"]),
+            f"{r['auc_a']:.2f}",
+            f"{r['auc_b']:.2f}",
+            fmt_delta(r),
+            "-" if r["p_value"] is None else f"{r['p_value']:.3g}",
+            r["verdict"],
+        ]
+        for r in rows
+    ]
+    return header, out
 
 
 def _run_name(path: str | Path) -> str:
@@ -257,6 +323,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = ["# Timely-Eval comparison", "", _intro(report), ""]
     out += [f"> {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
     out += ["## Pooled per policy", "", _md_table(*columns(report["overall"], cells=False)), ""]
+    if report.get("anytime"):
+        out += [
+            "## Anytime AUC",
+            "",
+            "B − A of the area under the on-time score vs budget multiplier curve "
+            "(docs/timely-eval.md), paired by instance played at the same multipliers in both "
+            "runs.",
+            "",
+            _md_table(*auc_columns(report["anytime"])),
+            "",
+        ]
     out += ["## Per cell", "", _md_table(*columns(report["cells"], cells=True)), ""]
     return "\n".join(out)
 
@@ -272,6 +349,7 @@ def render_html(report: dict[str, Any]) -> str:
         intro=_intro(report),
         overall=columns(report["overall"], cells=False),
         cells=columns(report["cells"], cells=True),
+        anytime=auc_columns(report["anytime"]) if report.get("anytime") else None,
     )
 
 

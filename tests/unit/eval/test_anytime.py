@@ -188,3 +188,26 @@ def test_per_policy_relative_protocol_has_its_own_column():
         if line.startswith("| Policy | Score")
     )
     assert "| AUC | AUC@oracle |" in header
+
+
+def test_compare_pairs_the_auc_by_instance(tmp_path):
+    from timely.runrecord import append_trajectories
+    from timely_eval.compare import compare_runs, render_html, render_markdown
+
+    def run(name: str, scores: tuple[float, float]) -> str:
+        trajs = [
+            row(b, s + (0.1 * seed if s < 1 else 0.0), seed=seed)
+            for seed in range(3)
+            for b, s in zip(("x1@oracle", "x2@oracle"), scores, strict=True)
+        ]
+        (tmp_path / name).mkdir()
+        append_trajectories(tmp_path / name / "trajectories.jsonl", trajs)
+        return str(tmp_path / name)
+
+    report = compare_runs(run("a", (0.0, 1.0)), run("b", (0.5, 1.0)))
+    (auc,) = report["anytime"]
+    assert (auc["family"], auc["protocol"], auc["n"]) == ("math", "oracle", 3)
+    # instance AUCs: A (0.1 s + 1) / 2, B (0.5 + 0.1 s + 1) / 2: every pair moves by +0.25
+    assert auc["delta"] == pytest.approx(0.25) and auc["verdict"] == "better (every pair)"
+    assert "## Anytime AUC" in render_markdown(report)
+    assert "Anytime AUC (paired by instance)" in render_html(report)
