@@ -9,7 +9,8 @@ Prints:
   a uniform model, as independent agents would; each level's latency is set at run time
   through ``PUT /admin/latency`` (no restart), scaled so the offered load stays ~250 calls/s.
 - requests/s of ``echo`` at zero latency next to a bare FastAPI route served by the same uvicorn
-  settings in the same run, as a ratio (goal >= 0.8x); server CPU per request for both. With
+  settings in the same run, as a ratio (goal >= 0.8x); server CPU per request for both. The two
+  servers are measured in alternating windows, so a machine's changing load hits both alike. With
   the raw client the server is the bottleneck; httpx2 saturates its own core first.
 - 1,000 concurrent episodes (each 8 sequential calls at 1 s latency, starts spread over 1 s):
   achieved calls/s in the steady window over the Little's-law ideal of 1,000/1 s = 1,000
@@ -210,7 +211,9 @@ async def keep_awake() -> None:
 
 
 # -- 2. throughput vs the bare route ----------------------------------------------------------
-async def throughput(server: Server, workers: int, seconds: float, raw: bool) -> dict:
+async def throughput(
+    server: Server, workers: int, seconds: float, raw: bool, warm_up: bool = True
+) -> dict:
     body = {"arguments": {"text": "hello"}}
     async with client(workers) as http:
         done = 0
@@ -231,7 +234,7 @@ async def throughput(server: Server, workers: int, seconds: float, raw: bool) ->
             if conn is not None:
                 conn.close()
 
-        stop = time.perf_counter() + 1.0  # warm-up: connections, caches
+        stop = time.perf_counter() + (1.0 if warm_up else 0.2)  # connections, caches
         await asyncio.gather(*(worker() for _ in range(workers)))
         done = 0
         cpu0, own0, t0 = server.cpu_s(), time.process_time(), time.perf_counter()
@@ -239,7 +242,43 @@ async def throughput(server: Server, workers: int, seconds: float, raw: bool) ->
         await asyncio.gather(*(worker() for _ in range(workers)))
         wall = time.perf_counter() - t0
         cpu, own = server.cpu_s() - cpu0, time.process_time() - own0
-    return {"rps": done / wall, "cpu_us": cpu / done * 1e6, "client_cpu": own / wall}
+    return {
+        "rps": done / wall,
+        "cpu_us": cpu / done * 1e6,
+        "client_cpu": own / wall,
+        "done": done,
+        "wall": wall,
+        "cpu": cpu,
+        "own": own,
+    }
+
+
+async def interleaved_throughput(
+    tool: Server, bare: Server, seconds: float, rounds: int = 4
+) -> tuple[dict[bool, dict], dict[bool, dict]]:
+    """Throughput of both servers, by client kind, in alternating short windows.
+
+    On a shared machine the CPU left to the servers drifts by tens of percent within a minute;
+    measuring one server after the other turned that drift into the ratio. Alternating
+    ``rounds`` windows (the order flipped every round) exposes both servers to the same drift.
+    """
+    totals: dict[tuple[str, bool], dict[str, float]] = {}
+    for i in range(rounds):
+        for raw in (True, False):
+            pair = (("tool", tool), ("bare", bare))
+            for name, server in pair if i % 2 == 0 else pair[::-1]:
+                r = await throughput(server, 64, seconds / rounds, raw, warm_up=i == 0)
+                t = totals.setdefault((name, raw), {"done": 0, "wall": 0, "cpu": 0, "own": 0})
+                for key in t:
+                    t[key] += r[key]
+    out: dict[str, dict[bool, dict]] = {"tool": {}, "bare": {}}
+    for (name, raw), t in totals.items():
+        out[name][raw] = {
+            "rps": t["done"] / t["wall"],
+            "cpu_us": t["cpu"] / t["done"] * 1e6,
+            "client_cpu": t["own"] / t["wall"],
+        }
+    return out["tool"], out["bare"]
 
 
 # -- 3. 1,000 concurrent episodes -------------------------------------------------------------
@@ -365,9 +404,8 @@ async def main(quick: bool) -> None:
         await asyncio.sleep(0.5)
         async with client(8) as http:
             await http.put(f"{server.url}/admin/latency", json={"default": "constant:0"})
-        tool = {raw: await throughput(server, 64, 4 * scale, raw) for raw in (True, False)}
-    with Server("bare") as bare:
-        anchor = {raw: await throughput(bare, 64, 4 * scale, raw) for raw in (True, False)}
+        with Server("bare") as bare:
+            tool, anchor = await interleaved_throughput(server, bare, 4 * scale)
     print("2. echo at zero latency vs a bare FastAPI route, same uvicorn settings (goal >= 0.8x)")
     print(
         f"   {'client':>7} {'server':>13} {'req/s':>7} {'server CPU us/req':>18} {'client CPU':>11}"

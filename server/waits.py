@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -65,6 +66,11 @@ class _TimerThread:
     """One daemon thread that resolves futures at given ``wall_seconds()`` readings."""
 
     def __init__(self) -> None:
+        self._reset()
+        # A forked child has no timer thread and maybe a lock the parent's thread held.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._due: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -75,7 +81,7 @@ class _TimerThread:
     ) -> None:
         """Resolve ``future`` on ``loop`` once ``wall_seconds() >= at``."""
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():  # first use, or after fork
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="timely-precise-timer", daemon=True
                 )

@@ -147,3 +147,47 @@ def test_replay_traces_in_a_profile_are_read_next_to_it(tmp_path):
     profile = load_latency_profile(profile_file)
     assert profile.default.values == [0.5, 1.5]
     assert profile.per_tool["echo"].values == [2.0]
+
+
+def test_loop_metrics_render_as_prometheus_client_metrics_do():
+    """The hot-path series (plain numbers behind a collector) expose the library's exact text."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from server.metrics import _BUCKETS, LoopCounter, LoopGauge, LoopHistogram
+
+    ours, native = CollectorRegistry(auto_describe=True), CollectorRegistry(auto_describe=True)
+    pairs = {
+        "requests": (
+            LoopCounter("t_requests", "Calls.", ["tool", "status"], registry=ours),
+            Counter("t_requests", "Calls.", ["tool", "status"], registry=native),
+        ),
+        "latency": (
+            LoopHistogram("t_latency_seconds", "Latency.", ["tool"], registry=ours),
+            Histogram("t_latency_seconds", "Latency.", ["tool"], buckets=_BUCKETS, registry=native),
+        ),
+        "in_flight": (
+            LoopGauge("t_in_flight", "In flight.", ["tool"], registry=ours),
+            Gauge("t_in_flight", "In flight.", ["tool"], registry=native),
+        ),
+    }
+    ops = [
+        ("requests", ("echo", "200"), "inc", 1),
+        ("requests", ("echo", "200"), "inc", 1),
+        ("requests", ("calc", "504"), "inc", 1),
+        ("in_flight", ("echo",), "inc", 1),
+        ("in_flight", ("calc",), "inc", 1),
+        ("in_flight", ("echo",), "dec", 1),
+    ]
+    for value in (0.0, 0.001, 0.0011, 0.5, 1, 2.5, 119.9, 120, 121, 1e9, float("nan")):
+        ops += [("latency", ("echo",), "observe", value), ("latency", ("calc",), "observe", 0.2)]
+    for name, labels, op, value in ops:
+        for metric in pairs[name]:
+            getattr(metric.labels(*labels), op)(value)
+
+    def lines(registry: CollectorRegistry) -> tuple[list[str], list[str]]:
+        text = generate_latest(registry).decode().splitlines()
+        values = [ln for ln in text if "_created" not in ln]
+        created = [ln.split(" ")[0] for ln in text if "_created" in ln]  # names, not times
+        return values, created
+
+    assert lines(ours) == lines(native)
