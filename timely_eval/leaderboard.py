@@ -25,8 +25,8 @@ from timely.rng import make_rng
 from timely.runrecord import RESULTS, episode_key, read_manifest, read_run, trajectories_file
 from timely.types import Trajectory
 from timely_eval.anytime import PROTOCOL_NOTES, anytime_rows, auc_by_protocol, protocols
-from timely_eval.metrics import aggregate
-from timely_eval.plan import budget_sort_key
+from timely_eval.metrics import FIELDS, aggregate
+from timely_eval.plan import budget_sort_key, parse_budget
 from timely_eval.suite import family_of
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -167,6 +167,7 @@ def report_from_runs(paths: list[str | Path | Run]) -> dict[str, Any]:
                 "git_sha": r.manifest.get("git_sha"),
                 "episodes": len(r.trajectories),
                 "clocks": sorted({t.clock for t in r.trajectories}),
+                "budget_protocols": budget_protocols(r.trajectories),
             }
             for r in runs
         ],
@@ -175,6 +176,16 @@ def report_from_runs(paths: list[str | Path | Run]) -> dict[str, Any]:
         "latency_values": {s: latency_value(s) for s in latencies},
         "families": families,
     }
+
+
+def budget_protocols(trajs: list[Trajectory]) -> list[str]:
+    """How a run's budgets were set: 'seconds' (absolute or a task's default), 'policy'
+    (multiples of each policy's own time) and/or 'oracle' (of the shared reference)."""
+    found = set()
+    for t in trajs:
+        parsed = parse_budget(FIELDS["budget"](t))
+        found.add("seconds" if parsed is None else parsed[0])
+    return [p for p in ("seconds", "policy", "oracle") if p in found]
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -399,7 +410,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def render_markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     """The leaderboard as markdown: one section per family, then how to read it."""
     runs = ", ".join(
-        f"`{r['name']}` ({r['suite'] or '?'}, {r['episodes']} episodes)" for r in report["runs"]
+        f"`{r['name']}` ({r['suite'] or '?'}, {r['episodes']} episodes, budgets: "
+        f"{_protocol_names(r.get('budget_protocols') or [])})"
+        for r in report["runs"]
     )
     out = [
         "# Timely-Eval leaderboard",
@@ -452,6 +465,11 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None = None)
             + [""]
         )
     return "\n".join(out)
+
+
+def _protocol_names(protocols: list[str]) -> str:
+    names = {"seconds": "seconds", "policy": "x own time", "oracle": "x oracle time"}
+    return " + ".join(names.get(p, p) for p in protocols) or "?"
 
 
 def anytime_note(fam: dict[str, Any]) -> str:
@@ -516,6 +534,7 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["protocols"] = _protocol_names
     uris = {
         name: "data:image/png;base64," + base64.b64encode(data).decode()
         for name, data in images.items()

@@ -162,7 +162,10 @@ def test_leaderboard_shows_the_auc_column_and_figure3_table_for_a_sweep():
     assert "| good | x oracle time | 0.92" in md
     assert "1.0 / 2.0 / 3.0 | +1.00 | +1.00" in md  # tool calls rise with the budget
     assert "shared reference" in md or "one shared reference" in md
+    assert report["runs"][0]["budget_protocols"] == ["oracle"]
+    assert "budgets: x oracle time" in md
     html = render_html(report, {})
+    assert "budgets: x oracle time" in html
     assert "<th>AUC@oracle</th>" in html and "Figure-3 view" in html and "Anytime view" in html
 
 
@@ -196,7 +199,7 @@ def test_compare_pairs_the_auc_by_instance(tmp_path):
 
     def run(name: str, scores: tuple[float, float]) -> str:
         trajs = [
-            row(b, s + (0.1 * seed if s < 1 else 0.0), seed=seed)
+            row(b, s + (0.125 * seed if s < 1 else 0.0), seed=seed)
             for seed in range(3)
             for b, s in zip(("x1@oracle", "x2@oracle"), scores, strict=True)
         ]
@@ -207,7 +210,7 @@ def test_compare_pairs_the_auc_by_instance(tmp_path):
     report = compare_runs(run("a", (0.0, 1.0)), run("b", (0.5, 1.0)))
     (auc,) = report["anytime"]
     assert (auc["family"], auc["protocol"], auc["n"]) == ("math", "oracle", 3)
-    # instance AUCs: A (0.1 s + 1) / 2, B (0.5 + 0.1 s + 1) / 2: every pair moves by +0.25
+    # instance AUCs: A (s / 8 + 1) / 2, B (0.5 + s / 8 + 1) / 2: every pair moves by +0.25
     assert auc["delta"] == pytest.approx(0.25) and auc["verdict"] == "better (every pair)"
     assert "## Anytime AUC" in render_markdown(report)
     assert "Anytime AUC (paired by instance)" in render_html(report)
