@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from timely.policies.hf_generate import GeneratedRow, RowLimits
+from timely.clock import wall_seconds
+from timely.policies.hf_generate import GeneratedRow
 from timely.policies.kv_cache import (
     GenerationStats,
     Hit,
     KVStore,
     cache_from_layers,
+    cache_layers,
     common_prefix,
     row_layers,
     select_rows,
@@ -50,7 +52,7 @@ MIN_SHARED_PREFIX = 16
 
 
 class _Batch:
-    """A batch after its prefill: the live cache, its 2D mask, next positions, last logits."""
+    """The live decode batch: its cache, 2D mask, each row's next position and last logits."""
 
     def __init__(
         self, cache: Any, mask: torch.Tensor, next_position: torch.Tensor, logits: torch.Tensor
@@ -66,6 +68,188 @@ class _Batch:
         select_rows(self.cache, rows, start)
         self.next_position = self.next_position[rows]
         self.logits = self.logits[rows]
+
+    def extend(self, other: _Batch, config: Any) -> None:
+        """Append ``other``'s rows below these, both right-aligned to the wider of the two."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        layers = []
+        for (k1, v1), (k2, v2) in zip(
+            cache_layers(self.cache), cache_layers(other.cache), strict=True
+        ):
+            layers.append((_cat_right(k1, k2, width), _cat_right(v1, v2, width)))
+        self.cache = cache_from_layers(layers, config)
+        self.mask = _cat_right(self.mask, other.mask, width, dim=1)
+        self.next_position = torch.cat([self.next_position, other.next_position])
+        self.logits = torch.cat([self.logits, other.logits])
+
+
+def _cat_right(a: torch.Tensor, b: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """``a`` and ``b`` stacked on dim 0, each left-padded with zeros to ``width`` on ``dim``."""
+    parts = []
+    for t in (a, b):
+        if t.shape[dim] < width:
+            shape = list(t.shape)
+            shape[dim] = width - t.shape[dim]
+            t = torch.cat([t.new_zeros(shape), t], dim=dim)
+        parts.append(t)
+    return torch.cat(parts)
+
+
+class Row:
+    """One request in a decode session: its limits, its sampler and what it produced."""
+
+    def __init__(
+        self,
+        prompt: list[int],
+        *,
+        cap: int,
+        wall_end: float | None,
+        abandoned: Callable[[], bool],
+        seed: int,
+    ) -> None:
+        self.prompt, self.cap, self.wall_end, self.abandoned = prompt, cap, wall_end, abandoned
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.reason: str | None = None
+
+    def result(self) -> GeneratedRow:
+        return GeneratedRow(
+            token_ids=self.tokens, logprobs=self.logprobs, reason=self.reason or "length"
+        )
+
+
+class DecodeSession:
+    """A decode batch that rows join (:meth:`admit`) and leave (as they end, in :meth:`step`).
+
+    Joining prefills only what the store does not hold; identical prompts and shared prefixes
+    among the joining rows are prefilled once. Continuous batching admits rows between steps;
+    :func:`generate_cached` admits all rows once and steps until they end.
+
+    Args:
+        model: a transformers causal LM (see :func:`~timely.policies.kv_cache.supports_reuse`).
+        pad_id: fills padding.
+        stop_ids: ids that end a row (kept in its ids).
+        temperature: 0 for greedy decoding.
+        top_p: nucleus threshold (sampling only).
+        store: reusable keys and values; each ending row's go there for its next turn.
+        stats: work counts, updated in place.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        pad_id: int,
+        stop_ids: Sequence[int],
+        temperature: float,
+        top_p: float,
+        store: KVStore,
+        stats: GenerationStats,
+    ) -> None:
+        self.model, self.pad_id, self.stop_ids = model, pad_id, set(stop_ids)
+        self.temperature, self.top_p = temperature, top_p
+        self.store, self.stats = store, stats
+        self.device = model.device
+        self.keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+        self.rows: list[Row] = []  # live rows, in batch order
+        self.batch: _Batch | None = None
+        store.check_model(model)
+
+    @property
+    def width(self) -> int:
+        """Columns of the live batch (0 when empty)."""
+        return 0 if self.batch is None else int(self.batch.mask.shape[1])
+
+    def admit(self, rows: Sequence[Row]) -> None:
+        """Prefill ``rows`` (reusing what can be reused) and add them to the live batch."""
+        if not rows:
+            return
+        stats = self.stats
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(r.prompt), len(distinct)) for r in rows]
+        unique = [list(p) for p in distinct]
+        computed = [0]  # real prompt tokens prefilled here (all passes)
+        with torch.inference_mode():
+            if self.store.max_tokens > 0:
+                _share_prefixes(
+                    self.model, unique, self.store, self.pad_id, self.keep, stats, computed
+                )
+            hits = [self.store.lookup(p) for p in unique]
+            batch = _prefill(self.model, unique, hits, self.pad_id, self.keep, stats, computed)
+            if source != list(range(len(rows))):  # copy each distinct prompt's prefill
+                batch.select(torch.tensor(source, device=self.device))
+            if self.batch is None:
+                self.batch = batch
+            else:
+                self.batch.extend(batch, self.model.config)
+        for row in rows:
+            if self.temperature > 0:
+                row.generator = torch.Generator(device=self.device)
+                row.generator.manual_seed(row.seed)
+        self.rows.extend(rows)
+        # A distinct prompt without any reused prefix is one full prefill; its copies reuse it.
+        stats.full_prefills += sum(1 for h in hits if h.length == 0)
+        stats.requests += len(rows)
+        stats.prefill_tokens += computed[0]
+        stats.reused_tokens += sum(len(r.prompt) for r in rows) - computed[0]
+
+    def step(self) -> list[Row]:
+        """Sample one token for every live row; returns the rows that ended with it (their
+        keys and values stored, out of the batch). Runs the next decode forward if any row
+        remains."""
+        batch = self.batch
+        assert batch is not None, "step() on an empty session"
+        with torch.inference_mode():
+            chosen, logp = _sample(
+                batch.logits, self.temperature, self.top_p, [r.generator for r in self.rows]
+            )
+            now = wall_seconds()
+            ended: list[int] = []
+            for j, (row, token, lp) in enumerate(
+                zip(self.rows, chosen.tolist(), logp.tolist(), strict=True)
+            ):
+                row.tokens.append(token)
+                row.logprobs.append(lp)
+                if token in self.stop_ids:
+                    row.reason = "stop"
+                elif len(row.tokens) >= row.cap:
+                    row.reason = "length"
+                elif (row.wall_end is not None and now >= row.wall_end) or row.abandoned():
+                    row.reason = "deadline"
+                if row.reason is not None:
+                    ended.append(j)
+            self.stats.decode_tokens += len(self.rows)
+            done = [self.rows[j] for j in ended]
+            if ended:
+                for j in ended:
+                    row = self.rows[j]
+                    columns = batch.mask[j].nonzero().squeeze(1)
+                    self.store.put(
+                        row.prompt + row.tokens[:-1], row_layers(batch.cache, j, columns)
+                    )
+                stay = [j for j in range(len(self.rows)) if j not in set(ended)]
+                self.rows = [self.rows[j] for j in stay]
+                if not stay:
+                    self.batch = None
+                    return done
+                keep = torch.tensor(stay, device=self.device)
+                batch.select(keep)
+                chosen = chosen[keep]
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(self.rows), 1))], dim=1)
+            out = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=batch.mask,
+                position_ids=batch.next_position,
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+            self.stats.processed_tokens += len(self.rows)
+            batch.cache = out.past_key_values
+            batch.logits = out.logits[:, -1, :]
+            batch.next_position = batch.next_position + 1
+        return done
 
 
 def generate_cached(
@@ -94,37 +278,29 @@ def generate_cached(
     Returns:
         One :class:`~timely.policies.hf_generate.GeneratedRow` per prompt, in order.
     """
-    store.check_model(model)
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    distinct: dict[tuple[int, ...], int] = {}
-    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-    unique = [list(p) for p in distinct]
-    computed = [0]  # real prompt tokens prefilled by this call (all passes)
-    with torch.inference_mode():
-        if store.max_tokens > 0:
-            _share_prefixes(model, unique, store, pad_id, keep, stats, computed)
-        hits = [store.lookup(p) for p in unique]
-        batch = _prefill(model, unique, hits, pad_id, keep, stats, computed)
-        rows = _decode(
-            model,
-            batch,
-            prompts,
-            source,
-            caps=caps,
-            limits=RowLimits(caps, wall_ends, abandoned, stop_ids),
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            store=store,
-            stats=stats,
+    session = DecodeSession(
+        model,
+        pad_id=pad_id,
+        stop_ids=stop_ids,
+        temperature=temperature,
+        top_p=top_p,
+        store=store,
+        stats=stats,
+    )
+    rows = [
+        Row(
+            list(p),
+            cap=caps[i],
+            wall_end=wall_ends[i],
+            abandoned=lambda i=i: abandoned(i),
+            seed=derive_seed(seed, "row", i),
         )
-    # A distinct prompt without any reused prefix is one full prefill; its copies reuse it.
-    stats.full_prefills += sum(1 for h in hits if h.length == 0)
-    stats.requests += len(prompts)
-    stats.prefill_tokens += computed[0]
-    stats.reused_tokens += sum(len(p) for p in prompts) - computed[0]
-    stats.decode_tokens += sum(len(r.token_ids) for r in rows)
-    return rows
+        for i, p in enumerate(prompts)
+    ]
+    session.admit(rows)
+    while session.rows:
+        session.step()
+    return [r.result() for r in rows]
 
 
 def _share_prefixes(
@@ -221,71 +397,6 @@ def _cache_segment(hits: list[Hit], width: int, device: Any, config: Any) -> Any
                 values[i, :, width - hit.length :] = v[:, : hit.length]
         layers.append((keys, values))
     return cache_from_layers(layers, config)
-
-
-def _decode(
-    model: Any,
-    batch: _Batch,
-    prompts: Sequence[list[int]],
-    source: list[int],
-    *,
-    caps: Sequence[int],
-    limits: RowLimits,
-    temperature: float,
-    top_p: float,
-    seed: int,
-    store: KVStore,
-    stats: GenerationStats,
-) -> list[GeneratedRow]:
-    """Sample until every row ends; a row leaves the batch (its cache to the store) as it ends."""
-    device = model.device
-    n_rows = len(prompts)
-    if source != list(range(n_rows)):  # copy each distinct prompt's prefill to its rows
-        batch.select(torch.tensor(source, device=device))
-    generators: list[torch.Generator | None] = [None] * n_rows
-    if temperature > 0:
-        for i in range(n_rows):
-            generators[i] = torch.Generator(device=device)
-            generators[i].manual_seed(derive_seed(seed, "row", i))
-    tokens: list[list[int]] = [[] for _ in range(n_rows)]
-    logprobs: list[list[float]] = [[] for _ in range(n_rows)]
-    alive = list(range(n_rows))
-    for step in range(1, max(caps) + 1):
-        chosen, logp = _sample(batch.logits, temperature, top_p, [generators[i] for i in alive])
-        last = [-1] * n_rows
-        for i, token, lp in zip(alive, chosen.tolist(), logp.tolist(), strict=True):
-            tokens[i].append(token)
-            logprobs[i].append(lp)
-            last[i] = token
-        limits.update(step, last, device)
-        stay = [j for j, i in enumerate(alive) if limits.reason[i] is None]
-        if len(stay) < len(alive):
-            for j, i in enumerate(alive):
-                if limits.reason[i] is not None:
-                    columns = batch.mask[j].nonzero().squeeze(1)
-                    store.put(prompts[i] + tokens[i][:-1], row_layers(batch.cache, j, columns))
-            if not stay:
-                break
-            rows = torch.tensor(stay, device=device)
-            batch.select(rows)
-            chosen = chosen[rows]
-            alive = [alive[j] for j in stay]
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(alive), 1))], dim=1)
-        out = model(
-            input_ids=chosen[:, None],
-            attention_mask=batch.mask,
-            position_ids=batch.next_position,
-            past_key_values=batch.cache,
-            use_cache=True,
-        )
-        stats.processed_tokens += len(alive)
-        batch.cache = out.past_key_values
-        batch.logits = out.logits[:, -1, :]
-        batch.next_position = batch.next_position + 1
-    return [
-        GeneratedRow(token_ids=tokens[i], logprobs=logprobs[i], reason=limits.reason[i] or "length")
-        for i in range(n_rows)
-    ]
 
 
 def _sample(

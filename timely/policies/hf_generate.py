@@ -116,7 +116,7 @@ def generate_rows(
     if temperature > 0:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    limits = RowLimits(caps, wall_ends, abandoned, stop_ids)
+    limits = _RowLimits(caps, wall_ends, abandoned, stop_ids)
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     pad = torch.tensor(pad_id, dtype=torch.long, device=device)
     tokens: list[torch.Tensor] = []
@@ -165,7 +165,7 @@ def generate_rows(
     return rows
 
 
-class RowLimits:
+class _RowLimits:
     """Per-row stop conditions: stop token, token cap, wall end, abandoned caller."""
 
     def __init__(
