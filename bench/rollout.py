@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import resource
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -82,6 +83,13 @@ def matmul_flops(precision: str, n: int = 2048, repeats: int = 5) -> float:
             torch.mm(a, b)
             best = min(best, wall_seconds() - start)
     return 2 * n**3 / best
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process has used, all threads: on a machine shared with other jobs, work
+    per CPU second is steadier than work per wall second, so both are printed."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- work counting ------------------------------------------------------------------------------
@@ -137,7 +145,7 @@ async def play_group(model: Any, tokenizer: Any, config: RLConfig, kv_reuse: boo
     policy = rollout_policy(model, tokenizer, 1, config, **engine(kv_reuse))
     async with Runtime(clock="virtual", seed=config.seed) as runtime:
         with forward_counter(model) as counted:
-            start = wall_seconds()
+            start, cpu = wall_seconds(), cpu_seconds()
             groups = await rollout_batch(
                 1,
                 model,
@@ -147,13 +155,14 @@ async def play_group(model: Any, tokenizer: Any, config: RLConfig, kv_reuse: boo
                 config,
                 policy=policy,
             )
-            seconds = wall_seconds() - start
+            seconds, cpu = wall_seconds() - start, cpu_seconds() - cpu
     trajectories = [t for g in groups for t in g.trajectories]
     stats = engine_stats(policy)
     processed = stats["processed_tokens"] if stats else counted[0]
     generated = sum(s.completion_tokens for t in trajectories for s in t.steps)
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "episodes": len(trajectories),
         "turns": float(np.mean([len(t.steps) for t in trajectories])),
         "generated": generated,
@@ -184,7 +193,8 @@ def compare_groups(
         r = asyncio.run(play_group(model, tokenizer, config, kv_reuse))
         say(
             f"  {task} {name:5s}: {r['episodes']} episodes, {r['turns']:.1f} turns, "
-            f"{r['generated']} generated tokens in {r['seconds']:6.1f} s = "
+            f"{r['generated']} generated tokens in {r['seconds']:6.1f} s "
+            f"({r['cpu_seconds']:.0f} CPU s, {r['generated'] / r['cpu_seconds']:.1f} tok/CPU s) = "
             f"{r['episodes_per_s']:.3f} episodes/s, {r['gen_tokens_per_s']:6.1f} tok/s; "
             f"processed {r['processed']} (hook {r['processed_hook']}) / unique {r['unique']} "
             f"= {r['processed'] / r['unique']:.2f}"
@@ -369,6 +379,8 @@ def main() -> None:
             ratio = res["new"][figure] / res["today"][figure]
             v.goal(f"{tag}_{figure}_new_over_today", ratio, goal, lambda x, g=goal: x >= g, ">=")
         v.report(f"{tag}_turns_new", res["new"]["turns"])
+        per_cpu = {n: res[n]["generated"] / res[n]["cpu_seconds"] for n in ENGINES}
+        v.report(f"{tag}_gen_tokens_per_cpu_s_new_over_today", per_cpu["new"] / per_cpu["today"])
         for name in ENGINES:
             v.report(f"{tag}_work_ratio_{name}", res[name]["processed"] / res[name]["unique"])
     worst = max(r["new"]["processed"] / r["new"]["unique"] for r in (arith, treasure))
