@@ -20,17 +20,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 verl = pytest.importorskip("verl")
 tq = pytest.importorskip("transfer_queue")
 
 from omegaconf import OmegaConf  # noqa: E402
+from tensordict import NonTensorStack, TensorDict  # noqa: E402
 from verl.experimental.agent_loop import agent_loop as verl_agent_loop  # noqa: E402
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage  # noqa: E402
 from verl.trainer.ppo.reward import get_custom_reward_fn  # noqa: E402
 from verl.trainer.ppo.v1 import agent_loop_tq  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
-from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
 
 from tests.helpers.tiny_model import tiny_tokenizer  # noqa: E402
 from tests.helpers.token_server import ScriptedTokenServer  # noqa: E402
@@ -123,6 +124,40 @@ def run_group(worker, item, *, uid: str, global_steps: int, queue: _Queue, monke
     asyncio.run(worker._run_prompt(prompt, sampling, trajectory=trajectory))
 
 
+def step_metrics(cfg, queue: _Queue, keys, *, global_steps: int, monkeypatch) -> dict:
+    """``PPOTrainer._compute_metrics`` of verl's v1 trainer on the rows the worker wrote, read
+    back as TransferQueue returns them (jagged tensors per field)."""
+    from verl.trainer.ppo.metric_utils import RolloutMoELoadBalanceMetricsAccumulator
+    from verl.trainer.ppo.v1 import trainer_base
+
+    def kv_batch_get(keys, partition_id, select_fields):
+        rows = [queue.rows[k] for k in keys]
+        fields = {}
+        for name in select_fields:
+            values = [r[name] for r in rows if name in r]
+            if len(values) < len(rows):
+                continue  # a field this step did not write (values: no critic)
+            if isinstance(values[0], torch.Tensor):
+                fields[name] = torch.nested.as_nested_tensor(values, layout=torch.jagged)
+            else:
+                fields[name] = NonTensorStack(*values)
+        return TensorDict(fields, batch_size=[len(rows)])
+
+    monkeypatch.setattr(trainer_base.tq, "kv_batch_get", kv_batch_get)
+    trainer = SimpleNamespace(
+        config=cfg,
+        use_critic=False,
+        _rollout_moe_lb_metrics_accumulator=RolloutMoELoadBalanceMetricsAccumulator(),
+        _get_n_gpus_for_throughput=lambda: 1,
+    )
+    batch = SimpleNamespace(keys=keys, partition_id="train", tags=[queue.tags[k] for k in keys])
+    metrics: dict = {}
+    trainer_base.PPOTrainer._compute_metrics(
+        trainer, batch, metrics, {"step": 1.0, "gen": 0.5}, global_steps=global_steps, epoch=0
+    )
+    return metrics
+
+
 def launched(tmp_path: Path, check, expect: int = 0, **verl_settings) -> None:
     """Launch a small run whose "verl" is ``check(cfg, tok, item)`` (tool servers running)."""
     tok = tiny_tokenizer()
@@ -141,8 +176,10 @@ def launched(tmp_path: Path, check, expect: int = 0, **verl_settings) -> None:
 
 def test_v1_worker_writes_rows_the_trainer_steps_on(tmp_path, monkeypatch):
     queue = _Queue()
+    cfg_seen = {}
 
     def check(cfg, tok, item):
+        cfg_seen["cfg"] = cfg
         task, _ = row_task(item["extra_info"])
         # The weights move from version 3 to 4 during the episode (an async weight sync).
         server = _Server(ScriptedTokenServer(tok, solving_replies(task) * 2), [3, 3, 4])
@@ -158,33 +195,39 @@ def test_v1_worker_writes_rows_the_trainer_steps_on(tmp_path, monkeypatch):
     assert {t["max_global_steps"] for t in tags} <= {3, 4}  # the last call's
     assert 4 in {t["max_global_steps"] for t in tags}
 
-    # The trainer's per-step bookkeeping (trainer_base.PPOTrainer._compute_metrics) on the tags:
-    # integer arrays of the versions, spans and staleness.
-    keep = np.array([not t.get("is_padding", False) for t in tags], dtype=bool)
-    lo = np.array([t["min_global_steps"] for t in tags], dtype=int)[keep]
-    hi = np.array([t["max_global_steps"] for t in tags], dtype=int)[keep]
-    assert (hi - lo + 1).min() >= 1 and ((4 - 1) - hi).max() <= 0
-
-    # The rows as the trainer reads them back (one jagged batch), the reward at the last
-    # response position, and GRPO's advantage over the group.
-    fields = [queue.rows[k] for k in sorted(queue.rows)]
-    batch = list_of_dict_to_tensordict(
-        [{k: f[k] for k in ("prompts", "responses", "response_mask", "rm_scores")} for f in fields]
+    # The trainer's step on what the worker wrote: GRPO's advantage over the group, then its
+    # per-step bookkeeping (PPOTrainer._compute_metrics: token counts, turns, and the integer
+    # arrays of weight versions that a missing min/max_global_steps broke).
+    keys = sorted(queue.rows)
+    for key in keys:
+        row = queue.rows[key]
+        row["token_level_rewards"] = row["rm_scores"]
+    scores = [queue.rows[k]["rm_scores"] for k in keys]
+    mask = [queue.rows[k]["response_mask"] for k in keys]
+    padded = torch.nn.utils.rnn.pad_sequence
+    groups = np.array(["g0"] * len(keys))
+    adv, ret = compute_grpo_outcome_advantage(
+        padded(scores, batch_first=True), padded(mask, batch_first=True).float(), groups
     )
-    scores = batch["rm_scores"].to_padded_tensor(0.0)
-    mask = batch["response_mask"].to_padded_tensor(0)
-    assert scores.shape == mask.shape and (scores.sum(-1) > 1.0).all()  # solved, on time
-    adv, _ = compute_grpo_outcome_advantage(scores, mask.float(), np.array(["g0", "g0"]))
-    assert adv.shape == mask.shape
-    extra = fields[0]["extra_fields"]
+    for i, key in enumerate(keys):
+        width = len(mask[i])
+        queue.rows[key]["advantages"], queue.rows[key]["returns"] = adv[i, :width], ret[i, :width]
+    metrics = step_metrics(cfg_seen["cfg"], queue, keys, global_steps=4, monkeypatch=monkeypatch)
+    assert metrics["training/off_policy/trajectory_spans/max"] == 2  # versions 3..4
+    assert metrics["training/off_policy/trajectory_staleness_worst/max"] == 0  # (4 - 1) - 3
+    assert metrics["training/num_turns/min"] >= 2  # the prompt and an answer, at least
+    assert metrics["critic/score/mean"] > 1.0  # solved on time: the budget bonus on top
+    extra = queue.rows[keys[0]]["extra_fields"]
     assert extra["timely_failed_group_share"] == 0.0
     assert extra["reward_extra_info"]["acc"] == 1.0
 
 
 def test_a_rollout_cut_before_its_first_sample_is_one_masked_token(tmp_path, monkeypatch):
     queue = _Queue()
+    cfg_seen = {}
 
     def check(cfg, tok, item):
+        cfg_seen["cfg"] = cfg
         # A budget that is gone before the first token: nothing is ever sampled.
         item = dict(item)
         item["extra_info"] = {**item["extra_info"], "budget_s": 1e-6}
@@ -201,6 +244,13 @@ def test_a_rollout_cut_before_its_first_sample_is_one_masked_token(tmp_path, mon
         assert row["rollout_log_probs"].tolist() == [0.0]
         # No server output: the weight version is the step the rollout started at.
         assert queue.tags[key]["min_global_steps"] == queue.tags[key]["max_global_steps"] == 5
+        row["token_level_rewards"] = row["rm_scores"]
+        row["advantages"] = row["returns"] = torch.zeros(1)  # a group without spread
+    metrics = step_metrics(
+        cfg_seen["cfg"], queue, sorted(queue.rows), global_steps=6, monkeypatch=monkeypatch
+    )
+    assert metrics["response_length/mean"] == 1.0
+    assert metrics["training/off_policy/trajectory_staleness/max"] == 0  # (6 - 1) - 5
 
 
 def test_failed_groups_are_counted_and_stop_the_run_past_the_share(tmp_path, monkeypatch):
