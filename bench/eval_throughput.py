@@ -21,9 +21,10 @@ from pathlib import Path
 
 import anyio
 
-from timely_eval.episodes import EpisodeLog, SuiteRuntime
+from timely.runrecord import TRAJECTORIES, EpisodeLog
+from timely_eval.episodes import SuiteRuntime
 from timely_eval.plan import plan_eval
-from timely_eval.runner import TRAJECTORIES, _default_budgets, run_suite
+from timely_eval.runner import _default_budgets, run_suite
 from timely_eval.suite import Suite, load_suite, select
 
 

@@ -30,9 +30,9 @@ _EXPORTS: dict[str, str] = {
     "make_task": "timely.task",
     "open_tools": "timely.rollout",
     "Trajectory": "timely.types",
-    "read_jsonl": "timely.types",
-    "write_jsonl": "timely.types",
-    "iter_jsonl": "timely.types",
+    "append_trajectories": "timely.runrecord.trajectories",
+    "iter_trajectories": "timely.runrecord.trajectories",
+    "read_run": "timely.runrecord.trajectories",
     "compute_reward": "timely.reward",
     "RewardConfig": "timely.reward",
     # Timely-Eval sits above the core: reached by name, never imported by it.
@@ -49,17 +49,17 @@ __all__ = [
     "VirtualClock",
     "WallClock",
     "__version__",
+    "append_trajectories",
     "compute_reward",
-    "iter_jsonl",
+    "iter_trajectories",
     "load_suite",
     "make_clock",
     "make_policy",
     "make_task",
     "open_tools",
-    "read_jsonl",
+    "read_run",
     "run_episode",
     "run_suite",
-    "write_jsonl",
 ]
 
 if TYPE_CHECKING:
@@ -71,8 +71,9 @@ if TYPE_CHECKING:
     from timely.policies.base import make_policy
     from timely.reward import RewardConfig, compute_reward
     from timely.rollout import open_tools
+    from timely.runrecord.trajectories import append_trajectories, iter_trajectories, read_run
     from timely.task import make_task
-    from timely.types import Trajectory, iter_jsonl, read_jsonl, write_jsonl
+    from timely.types import Trajectory
 
 
 def __getattr__(name: str) -> Any:

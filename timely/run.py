@@ -16,9 +16,9 @@ from timely.config import RunConfig, config_hash
 from timely.events import Observer
 from timely.policies.base import Policy
 from timely.rollout import EpisodeSpec, Runtime
-from timely.runrecord import write_run_record
+from timely.runrecord import TRAJECTORIES, append_trajectories, write_run_record
 from timely.task import make_task
-from timely.types import Trajectory, write_jsonl
+from timely.types import Trajectory
 
 
 @dataclass
@@ -44,7 +44,7 @@ async def run(
     """
     seeds = [config.seed + i for i in range(config.episodes)]
     run_dir = write_run_record(config.out, config, seeds=seeds)
-    out_file = run_dir / "trajectories.jsonl"
+    out_file = run_dir / TRAJECTORIES
     out_file.unlink(missing_ok=True)  # `timely run` records one fresh set of episodes
     chash = config_hash(config, exclude={"out", "seed", "episodes", "concurrency"})
     done: list[Trajectory] = []
@@ -92,7 +92,7 @@ async def run(
                     config_hash=chash,
                     tools=tools,
                 )
-            write_jsonl(out_file, [traj])
+            append_trajectories(out_file, [traj])
             done.append(traj)
             if on_episode:
                 on_episode(traj)

@@ -4,14 +4,13 @@ A :class:`Trajectory` is the one record of an episode. Eval turns it into leader
 training into SFT examples and RL batches, serving into responses; nothing else is written by a
 second code path. Messages follow the OpenAI chat-completions shape (``tool_calls`` on assistant
 messages, role ``tool`` with ``tool_call_id`` for results) so any OpenAI-compatible backend fits.
+Trajectories are written to and read from JSONL files by :mod:`timely.runrecord` alone.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -211,34 +210,3 @@ class Trajectory(_Record):
     def replay_json(self) -> str:
         """The record without :data:`WALL_STAMPS`: what a virtual-clock replay reproduces."""
         return self.model_dump_json(exclude=set(WALL_STAMPS))
-
-
-def write_jsonl(
-    path: str | Path, trajectories: Iterable[Trajectory], *, append: bool = True
-) -> None:
-    """Write trajectories one JSON object per line (appending by default)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as f:
-        for t in trajectories:
-            f.write(t.model_dump_json() + "\n")
-        f.flush()
-
-
-def iter_jsonl(path: str | Path) -> Iterator[Trajectory]:
-    """Read trajectories back; a torn last line (killed writer) is skipped, not fatal."""
-    with Path(path).open(encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            yield Trajectory.model_validate_json(line)
-        except ValueError:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                return  # partial write from a killed process
-            raise
-
-
-def read_jsonl(path: str | Path) -> list[Trajectory]:
-    return list(iter_jsonl(path))

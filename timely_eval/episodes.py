@@ -5,19 +5,15 @@
 (policies built once per spec and options, one tool backend per latency, a fresh clock per
 episode), which hands it to :func:`timely.loop.run_episode`, the one agent loop. The tool-server
 session is the episode key, so concurrent episodes of the same task at different latencies
-never share state or latency streams. :class:`EpisodeLog` is the append-only, resume-safe JSONL
-a run directory keeps.
+never share state or latency streams. The runner records what they return through
+:mod:`timely.runrecord`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
-from typing import Any
 
 from timely.budget import Budget
-from timely.errors import ConfigError
 from timely.policies.base import Policy
 from timely.rollout import EpisodeSpec, Runtime, time_awareness
 from timely.task import make_task
@@ -127,94 +123,3 @@ class SuiteRuntime:
         if self.suite.tool_server:
             traj.metadata["tool_server"] = self.suite.tool_server
         return traj
-
-
-class EpisodeLog:
-    """An append-only JSONL of trajectories, keyed by ``metadata['key']``.
-
-    Opening it reads what is there: a torn last line (a writer killed mid-line) is cut off, since
-    it holds no complete record, and a repeated key keeps its first record. Every append is one
-    line, flushed at once, so a killed run loses at most the episodes in flight.
-
-    Args:
-        path: the JSONL file (created on first append).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.records: dict[str, Trajectory] = {}
-        self.duplicates = 0
-        self._fh: Any = None
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        repair_tail(self.path)
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    traj = Trajectory.model_validate_json(line)
-                except ValueError as exc:
-                    first = str(exc).splitlines()[0]
-                    raise ConfigError(
-                        f"{self.path}:{lineno} is not a trajectory ({first}); move the file "
-                        "aside or delete that line, then resume"
-                    ) from None
-                key = traj.metadata.get("key")
-                if not isinstance(key, str) or key in self.records:
-                    self.duplicates += 1
-                    continue
-                self.records[key] = traj
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def append(self, traj: Trajectory) -> None:
-        """Write one trajectory (it must carry ``metadata['key']``) and flush."""
-        key = traj.metadata.get("key")
-        if not isinstance(key, str):
-            raise ValueError("a logged trajectory needs metadata['key']")
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-        self._fh.write(traj.model_dump_json() + "\n")
-        self._fh.flush()
-        self.records[key] = traj
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def repair_tail(path: Path, block: int = 1 << 16) -> int:
-    """Cut a torn last line (no trailing newline) off a JSONL file; returns bytes removed."""
-    with path.open("rb+") as f:
-        size = f.seek(0, 2)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return 0
-        pos = size
-        while pos > 0:  # scan back block by block for the last complete line
-            start = max(0, pos - block)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        else:
-            keep = 0
-        f.truncate(keep)
-        return size - keep
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON record (errors.jsonl)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")

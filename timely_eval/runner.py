@@ -25,18 +25,24 @@ from typing import Any, Protocol
 import anyio
 
 from timely.errors import ConfigError
-from timely.runrecord import write_run_record
+from timely.runrecord import (
+    CALIBRATION,
+    ERRORS,
+    RESULTS,
+    SUMMARY,
+    TRAJECTORIES,
+    EpisodeLog,
+    append_error,
+    read_manifest,
+    write_run_record,
+)
 from timely.task import make_task
 from timely.types import Trajectory
 from timely_eval.calibration import calibration_summary, relative_budgets
-from timely_eval.episodes import EpisodeLog, SuiteRuntime, append_jsonl
+from timely_eval.episodes import SuiteRuntime
 from timely_eval.metrics import aggregate
 from timely_eval.plan import EpisodeItem, fingerprint, plan_calibration, plan_eval
 from timely_eval.suite import Suite, TaskEntry, check_policies, check_registered
-
-TRAJECTORIES = "trajectories.jsonl"
-CALIBRATION = "calibration.jsonl"
-ERRORS = "errors.jsonl"
 
 OnResult = Callable[[EpisodeItem, Trajectory | None, str | None], None]
 
@@ -213,7 +219,7 @@ async def _phase(
             counts.episode_errors += traj.error is not None
         else:
             counts.failed += 1
-            append_jsonl(errors_file, {**item.model_dump(), "error": error})
+            append_error(errors_file, {**item.model_dump(), "error": error})
         progress.episode_done(phase, traj, error)
 
     await executor.execute(todo, on_result)
@@ -231,8 +237,7 @@ def _prepare_dir(run_dir: Path, fp: str, resume: bool) -> None:
                     n += 1
                 p.rename(p.with_name(f"{p.name}.old-{n}"))
         return
-    manifest = run_dir / "manifest.json"
-    stored = json.loads(manifest.read_text()).get("fingerprint") if manifest.exists() else None
+    stored = read_manifest(run_dir).get("fingerprint")
     if stored is not None and stored != fp:
         raise ConfigError(
             f"{run_dir} holds a run with different episode settings (fingerprint {stored}, "
@@ -292,9 +297,7 @@ def write_results(
         "families": aggregate(trajs, ("policy", "family", "latency", "budget")),
         "calibration": calibration_summary(calib),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    manifest_file = run_dir / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    run = Run(name=run_dir.name, path=run_dir, manifest=manifest, trajectories=trajs)
-    (run_dir / "summary.md").write_text(render_markdown(report_from_runs([run])))
+    (run_dir / RESULTS).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    run = Run(name=run_dir.name, path=run_dir, manifest=read_manifest(run_dir), trajectories=trajs)
+    (run_dir / SUMMARY).write_text(render_markdown(report_from_runs([run])))
     return results

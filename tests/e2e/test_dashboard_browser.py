@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.helpers.dashboard_runs import make_trajectory
-from timely.types import write_jsonl
+from timely.runrecord import append_trajectories
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -108,7 +108,7 @@ def run_dir(tmp_path_factory) -> Path:
         make_trajectory(outcome="failed", policy="stub-model", seed=90),
         make_trajectory(outcome="no_answer", policy="stub-model", seed=91),
     ]
-    write_jsonl(run / "trajectories.jsonl", extra)
+    append_trajectories(run / "trajectories.jsonl", extra)
     write_leaderboard([run], run / "plots")
     return run
 
@@ -258,7 +258,9 @@ def test_filters_narrow_the_episode_list(page, server, artifacts):
 def test_episodes_appended_while_the_page_is_open_appear(page, server, run_dir):
     _open(page, server)
     before = page.locator("tr.ep-row").count()
-    write_jsonl(run_dir / "trajectories.jsonl", [make_trajectory(policy="newcomer", seed=77)])
+    append_trajectories(
+        run_dir / "trajectories.jsonl", [make_trajectory(policy="newcomer", seed=77)]
+    )
     # The page polls every few seconds; wait for it (the timeout is generous, not a measure).
     page.wait_for_function(
         f"document.querySelectorAll('tr.ep-row').length === {before + 1}", timeout=30_000

@@ -12,7 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from timely.types import EndReason, Message, Step, ToolCall, ToolResult, Trajectory, write_jsonl
+from timely.runrecord import MANIFEST, TRAJECTORIES, append_trajectories
+from timely.types import EndReason, Message, Step, ToolCall, ToolResult, Trajectory
 
 # outcome -> (end reason, compliant, score, answer)
 OUTCOME_FIELDS = {
@@ -133,8 +134,9 @@ def mixed_trajectories() -> list[Trajectory]:
 def write_run(path: Path, trajectories: Sequence[Trajectory]) -> Path:
     """A run directory: trajectories.jsonl and a manifest, as ``timely eval`` leaves them."""
     path.mkdir(parents=True, exist_ok=True)
-    write_jsonl(path / "trajectories.jsonl", trajectories, append=False)
-    (path / "manifest.json").write_text(json.dumps({"schema_version": 2, "kind": "timely-eval"}))
+    (path / TRAJECTORIES).unlink(missing_ok=True)
+    append_trajectories(path / TRAJECTORIES, trajectories)
+    (path / MANIFEST).write_text(json.dumps({"schema_version": 2, "kind": "timely-eval"}))
     return path
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ray_policies
-from timely_eval.runner import ERRORS, TRAJECTORIES, run_suite
+from timely.runrecord import ERRORS, TRAJECTORIES
+from timely_eval.runner import run_suite
 from timely_eval.suite import Suite
 
 ray = pytest.importorskip("ray")

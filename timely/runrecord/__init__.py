@@ -9,7 +9,8 @@ training data write it through here; ``timely show``, the leaderboard, the dashb
 an episode's outcome with the one vocabulary of :mod:`timely.runrecord.outcome`.
 
 * :mod:`~timely.runrecord.trajectories`: file names, the episode key, the append-only
-  :class:`EpisodeLog` (resume), :func:`read_run` (deduplicated, tolerant of a torn last line).
+  :class:`EpisodeLog` (resume), :func:`append_trajectories` / :func:`iter_trajectories` (any
+  trajectories file), :func:`read_run` (deduplicated, tolerant of a torn last line).
 * :mod:`~timely.runrecord.tail`: :class:`TailReader`, for viewers that poll a live run.
 * :mod:`~timely.runrecord.outcome`: :func:`classify` / :func:`outcome` and :data:`OUTCOMES`.
 * :mod:`~timely.runrecord.manifest`: :func:`write_run_record` (``config.yaml``, manifest).
@@ -37,6 +38,7 @@ from timely.runrecord.trajectories import (
     SUMMARY,
     TRAJECTORIES,
     EpisodeLog,
+    append_error,
     append_trajectories,
     done_keys,
     episode_key,
@@ -63,6 +65,7 @@ __all__ = [
     "Outcome",
     "TailLine",
     "TailReader",
+    "append_error",
     "append_trajectories",
     "classify",
     "done_keys",

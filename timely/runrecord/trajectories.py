@@ -253,6 +253,19 @@ def append_trajectories(path: str | Path, trajectories: Iterable[Trajectory]) ->
             episodes.append(traj)
 
 
+def append_error(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Append one episode that could not be played at all (``errors.jsonl``) as one line.
+
+    Args:
+        path: the errors file (created with its folder on the first append).
+        record: what was planned and why it failed; values JSON cannot hold are written as text.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as f:
+        f.write(json.dumps(record, default=str).encode() + b"\n")
+
+
 def seal_tail(path: Path, block: int = 1 << 16) -> int:
     """Make a file end at a line boundary before appending to it; returns bytes removed.
 

@@ -26,6 +26,7 @@ from timely.budget import Budget
 from timely.clock import WallClock, wall_seconds
 from timely.loop import EpisodeOptions, run_episode
 from timely.policies.base import Policy
+from timely.rollout import episode_options
 from timely.runrecord import TRAJECTORIES, EpisodeLog
 from timely.serve.config import ServeConfig
 from timely.serve.errors import ServeError
@@ -43,6 +44,9 @@ Api = Literal["runs", "chat"]
 # at the tool client's deadline, backstops 0.1-0.5 s later). This is the last resort for a
 # backend that ignores deadlines: a run still going this long past its budget is cancelled.
 BACKSTOP_S = 2.0
+# The speed profile a virtual clock would charge generation with: the loop's default, named
+# because runs here are played on the wall clock, where generation is measured instead.
+SERVE_SPEED = "small-fast"
 
 
 @dataclass
@@ -188,7 +192,7 @@ class RunManager:
 
     def _options(self, max_turns: int | None) -> EpisodeOptions:
         turns = min(max_turns or self.config.max_turns, self.config.max_turns)
-        return EpisodeOptions(max_turns=turns, time=self.config.time_status)
+        return episode_options(time=self.config.time_status, speed=SERVE_SPEED, max_turns=turns)
 
     async def _play(self, run: Run, max_turns: int | None) -> None:
         wrap_up = self.config.wrap_up_fraction * run.budget.seconds or None

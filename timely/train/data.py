@@ -40,11 +40,11 @@ from timely.policies.hf_models import EMBEDDED_MODEL
 from timely.prompting import ToolFormat, assistant_text, prompt_token_ids, resolve_tool_format
 from timely.rng import make_rng
 from timely.rollout import NO_LIMIT_S
-from timely.runrecord import TRAJECTORIES, read_run
+from timely.runrecord import CONFIG, TRAJECTORIES, append_trajectories, read_run
 from timely.train.config import DataConfig
 from timely.train.experts import clock_reads, play_experts
 from timely.train.view import ViewForm, training_view
-from timely.types import EndReason, Message, Trajectory, write_jsonl
+from timely.types import EndReason, Message, Trajectory
 
 EXPERT_SHARD = "train-experts.parquet"
 BUILD_FILE = "build.json"  # written last: its presence marks a complete build
@@ -302,11 +302,11 @@ def build_dataset(
     rows = [row for t in kept for row in trajectory_rows(t, tokenizer, source="expert")]
     order = make_rng("cold-start-rows", config.seed).permutation(len(rows))
     out.mkdir(parents=True, exist_ok=True)
-    for old in [out / BUILD_FILE, *out.glob("train-*.parquet")]:
+    for old in [out / BUILD_FILE, out / TRAJECTORIES, *out.glob("train-*.parquet")]:
         old.unlink(missing_ok=True)
-    write_jsonl(out / TRAJECTORIES, played, append=False)
+    append_trajectories(out / TRAJECTORIES, played)
     write_shard(out / EXPERT_SHARD, [rows[int(i)] for i in order])
-    (out / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+    (out / CONFIG).write_text(dump_yaml(config), encoding="utf-8")
     build = {
         **stamp,
         "tool_format": resolve_tool_format(tokenizer, "auto"),
@@ -352,7 +352,7 @@ def add_rejection_samples(
         return 0
     rows = [row for t in kept for row in trajectory_rows(t, None, source="rejection")]
     write_shard(shard, rows)
-    write_jsonl(out / TRAJECTORIES, kept)
+    append_trajectories(out / TRAJECTORIES, kept)
     build = json.loads((out / BUILD_FILE).read_text()) if (out / BUILD_FILE).is_file() else {}
     from timely.train.datacard import write_card
 

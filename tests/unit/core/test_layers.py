@@ -166,9 +166,6 @@ async def test_the_in_process_tool_server_comes_through_its_entry_point():
 # episode options; DESIGN.md, "One rollout engine around the loop".
 ENGINE = {"timely/rollout.py"}
 BUILDS_TOOL_SERVERS = ("in_process_app(", "ToolClient.in_process(", "create_app(ServerConfig(")
-# Still assembling its own options: the agent endpoint's run manager (its turn cap and time
-# status come from ServeConfig); move it to timely.rollout.episode_options.
-OWN_OPTIONS = {"timely/serve/runs.py"}
 
 
 def _sources(*packages: str) -> dict[str, str]:
@@ -196,11 +193,28 @@ def test_only_the_rollout_engine_builds_tool_servers():
     )
 
 
+def test_only_the_run_record_names_its_trajectory_files():
+    # timely/runrecord is the one module that writes, reads and resumes a run directory; the
+    # others name its files through its constants (prose, f-strings and help text may mention
+    # them: only a string that *is* a file name counts).
+    from timely.runrecord import CALIBRATION, ERRORS, TRAJECTORIES
+
+    names = {TRAJECTORIES, CALIBRATION, ERRORS}
+    found = []
+    for name, text in _sources("timely", "timely_eval").items():
+        if name.startswith("timely/runrecord/"):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{name}:{node.lineno}: {node.value!r}")
+    assert not found, "use timely.runrecord's file-name constants:\n" + "\n".join(found)
+
+
 def test_only_the_rollout_engine_assembles_episode_options():
     sources = _sources("timely", "timely_eval")
     found = [
         name
         for name, text in sources.items()
-        if "EpisodeOptions(" in text and name not in ENGINE | {"timely/loop.py"} | OWN_OPTIONS
+        if "EpisodeOptions(" in text and name not in ENGINE | {"timely/loop.py"}
     ]
     assert not found, f"assemble EpisodeOptions with timely.rollout.episode_options: {found}"

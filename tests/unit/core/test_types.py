@@ -1,3 +1,4 @@
+from timely.runrecord import append_trajectories, iter_trajectories
 from timely.types import (
     Completion,
     EndReason,
@@ -6,8 +7,6 @@ from timely.types import (
     ToolCall,
     ToolResult,
     Trajectory,
-    read_jsonl,
-    write_jsonl,
 )
 
 
@@ -51,8 +50,8 @@ def _traj(seed: int) -> Trajectory:
 def test_jsonl_round_trip(tmp_path):
     path = tmp_path / "t.jsonl"
     trajs = [_traj(0), _traj(1)]
-    write_jsonl(path, trajs)
-    back = read_jsonl(path)
+    append_trajectories(path, trajs)
+    back = list(iter_trajectories(path))
     assert [t.model_dump() for t in back] == [t.model_dump() for t in trajs]
     assert back[0].steps[0].token_ids == [1, 2, 3]
     assert back[0].n_tool_calls == 1
@@ -60,10 +59,10 @@ def test_jsonl_round_trip(tmp_path):
 
 def test_torn_last_line_is_skipped(tmp_path):
     path = tmp_path / "t.jsonl"
-    write_jsonl(path, [_traj(0)])
+    append_trajectories(path, [_traj(0)])
     with path.open("a") as f:
         f.write(_traj(1).model_dump_json()[:50])  # a writer killed mid-line
-    assert [t.seed for t in read_jsonl(path)] == [0]
+    assert [t.seed for t in iter_trajectories(path)] == [0]
 
 
 def test_openai_message_shape():

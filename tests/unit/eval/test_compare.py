@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from timely.errors import ConfigError
-from timely.types import EndReason, Message, Trajectory, write_jsonl
+from timely.runrecord import append_trajectories
+from timely.types import EndReason, Message, Trajectory
 from timely_eval.compare import compare_runs, write_compare
 
 
@@ -47,7 +48,7 @@ def _traj(
 
 
 def _run(tmp_path, name, trajs):
-    write_jsonl(tmp_path / name / "trajectories.jsonl", trajs)
+    append_trajectories(tmp_path / name / "trajectories.jsonl", trajs)
     return tmp_path / name
 
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from timely.errors import ConfigError
-from timely.types import Trajectory, write_jsonl
+from timely.runrecord import append_trajectories
+from timely.types import Trajectory
 from timely_eval.export import EPISODE_SCHEMA, TRAJECTORY_SCHEMA, run_tables, write_export
 from timely_eval.runner import run_suite
 from timely_eval.suite import Suite
@@ -91,7 +92,7 @@ def test_a_timely_run_directory_and_old_records_export_too(tmp_path):
         "messages": [{"role": "user", "content": "q"}],
         "end_reason": "max_turns",
     }
-    write_jsonl(tmp_path / "trajectories.jsonl", [Trajectory.model_validate(old)] * 2)
+    append_trajectories(tmp_path / "trajectories.jsonl", [Trajectory.model_validate(old)] * 2)
     rows = run_tables(tmp_path)["episodes"].to_pylist()
     assert [r["key"] for r in rows] == [f"{tmp_path.name}#0", f"{tmp_path.name}#1"]
     assert rows[0]["started_at_utc"] is None and rows[0]["outcome"] == "no_answer"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from timely.errors import ConfigError
-from timely_eval.episodes import EpisodeLog
+from timely.runrecord import ERRORS, TRAJECTORIES, EpisodeLog
 from timely_eval.leaderboard import write_leaderboard
 from timely_eval.plan import plan_eval
-from timely_eval.runner import TRAJECTORIES, run_suite
+from timely_eval.runner import run_suite
 from timely_eval.suite import Suite, load_suite, select
 
 SMALL = {
@@ -106,7 +106,7 @@ async def test_an_episode_that_cannot_be_built_is_recorded_not_fatal(tmp_path):
     report = await run_suite(suite, tmp_path / "run")
     assert report.counts["eval"].done == 4  # the arithmetic episodes all ran
     assert report.failed == 4
-    errors = (tmp_path / "run" / "errors.jsonl").read_text().splitlines()
+    errors = (tmp_path / "run" / ERRORS).read_text().splitlines()
     assert len(errors) == 4 and "missing.jsonl" in errors[0]
 
 

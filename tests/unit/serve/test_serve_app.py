@@ -17,10 +17,10 @@ from server.app import ServerConfig
 from server.app import create_app as create_tool_server
 from tests.helpers.policies import CalculatorAgent, CrashingPolicy, SlowWallPolicy
 from timely.policies.scripted import ScriptedPolicy
+from timely.runrecord import iter_trajectories
 from timely.serve.app import create_app
 from timely.serve.config import ServeConfig
 from timely.toolclient import ToolClient
-from timely.types import read_jsonl
 
 
 @contextlib.asynccontextmanager
@@ -303,7 +303,7 @@ async def test_finished_runs_are_appended_to_the_run_directory(tmp_path):
         headers = {"Authorization": "Bearer k"}
         for _ in range(2):
             await client.post("/v1/chat/completions", json=chat(time_budget_s=5), headers=headers)
-    records = read_jsonl(tmp_path / "served" / "trajectories.jsonl")
+    records = list(iter_trajectories(tmp_path / "served" / "trajectories.jsonl"))
     assert len(records) == 2 and all(r.task_id == "serve/chat-v1" for r in records)
     assert all(r.metadata["run_id"].startswith("run_") for r in records)
     config = (tmp_path / "served" / "config.yaml").read_text()

@@ -25,6 +25,7 @@ from timely.errors import ConfigError
 from timely.policies.base import Deadline
 from timely.policies.hf import HFPolicy
 from timely.rollout import Runtime
+from timely.runrecord import iter_trajectories
 from timely.train.config import LoraSettings, RLConfig
 from timely.train.grpo import (
     batch_samples,
@@ -44,7 +45,7 @@ from timely.train.objective import (
 )
 from timely.train.rl_record import TIMING_FIELDS
 from timely.train.view import ViewForm
-from timely.types import WALL_STAMPS, EndReason, Message, read_jsonl
+from timely.types import WALL_STAMPS, EndReason, Message
 
 SCRIPTED = "test:scripted-tiny"
 TINY_LORA = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
@@ -550,7 +551,7 @@ def test_a_two_batch_run_on_a_tiny_model(tmp_path, scripted_base):
         if m["ratio_dev"] is not None:
             assert m["ratio_dev"] < 1e-3 and m["kl_ref"] >= 0
     for step in (1, 2):
-        rollouts = read_jsonl(tmp_path / "rollouts" / f"batch-{step:06d}.jsonl")
+        rollouts = list(iter_trajectories(tmp_path / "rollouts" / f"batch-{step:06d}.jsonl"))
         assert len(rollouts) == 6 and all(t.metadata["rl"]["step"] == step for t in rollouts)
         assert all(
             s.prompt_token_ids is None and s.token_ids is not None
