@@ -7,6 +7,9 @@ worker takes up to ``max_batch_size`` of them that arrived within ``window_s`` o
 and runs them as one blocking batch function in a worker thread, then hands each caller its
 result. While a batch runs, new requests queue up and form the next batch.
 
+:class:`ContinuousBatcher` goes further for wall-clock work (eval, serving): requests join the
+running batch between decode steps and each caller gets its result as soon as its row ends.
+
 The batching window is real time by nature (it waits for other callers, not for the episode),
 so it is measured on a :class:`~timely.clock.WallClock`, never on an episode clock.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -140,3 +144,144 @@ class MicroBatcher(Generic[R, T]):
         for p in self._queue:
             p.future.cancel()
         self._queue = []
+
+
+class Feed(Generic[R, T]):
+    """What a continuous run sees of the queue, from its worker thread: it takes requests as
+    room frees up and hands back each result as soon as that row ends."""
+
+    def __init__(self, batcher: ContinuousBatcher[R, T], loop: asyncio.AbstractEventLoop) -> None:
+        self._batcher, self._loop = batcher, loop
+        self.open: list[Pending[R, T]] = []  # taken, not yet answered
+
+    def take(self, fits: Callable[[R, int], bool]) -> list[Pending[R, T]]:
+        """Queued requests in arrival order while ``fits(request, n_taken_so_far)`` holds
+        (the first that does not fit waits, so no request is overtaken forever)."""
+        taken: list[Pending[R, T]] = []
+        with self._batcher.guard:
+            queue = self._batcher.queue
+            while queue and (queue[0].abandoned or fits(queue[0].request, len(taken))):
+                item = queue.pop(0)
+                if item.abandoned:
+                    self._loop.call_soon_threadsafe(item.future.cancel)
+                else:
+                    taken.append(item)
+        self.open.extend(taken)
+        if taken:
+            self._batcher.batch_sizes.append(len(taken))
+        return taken
+
+    def answer(self, item: Pending[R, T], result: T) -> None:
+        """Give ``item``'s caller its result now."""
+        self.open.remove(item)
+        self._loop.call_soon_threadsafe(_resolve, item.future, result, None)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail every taken request not answered yet."""
+        for item in self.open:
+            self._loop.call_soon_threadsafe(_resolve, item.future, None, error)
+        self.open = []
+
+
+def _resolve(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+class ContinuousBatcher(Generic[R, T]):
+    """Continuous batching: requests join a running batch between its steps, leave as they end.
+
+    Unlike :class:`MicroBatcher`, a request that arrives while the model decodes does not wait
+    for the whole batch to end, and a caller whose row ends early gets its result at once. The
+    blocking ``run(feed)`` owns the model while any request is open: it calls
+    ``feed.take(fits)`` between decode steps to admit queued requests (``fits`` keeps the batch
+    within its size and token budget), ``feed.answer`` as each row ends, and returns once it
+    has no rows and ``take`` gives nothing.
+
+    Args:
+        run: the blocking decode loop, run in a worker thread.
+        window_s: after the first request of an idle batcher arrives, wait at most this long
+            (real seconds) for others, so they start together.
+        max_batch_size: most requests in the first take (``run`` enforces it afterwards).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Feed[R, T]], None],
+        *,
+        max_batch_size: int = 8,
+        window_s: float = 0.01,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.window_s = max(0.0, window_s)
+        self.queue: list[Pending[R, T]] = []
+        self.guard = threading.Lock()  # the queue is read from the worker thread too
+        self._wall = WallClock()
+        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrived: asyncio.Event | None = None
+        self.batches_run = 0  # runs of ``run`` (each lasts while requests keep it busy)
+        self.batch_sizes: list[int] = []  # requests admitted at each take
+
+    async def submit(self, request: R) -> T:
+        """Queue ``request`` and wait for its result (an exception of the run propagates)."""
+        self._ensure_worker()
+        assert self._arrived is not None
+        item: Pending[R, T] = Pending(request, asyncio.get_running_loop().create_future())
+        with self.guard:
+            self.queue.append(item)
+        self._arrived.set()
+        try:
+            return await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            item.abandoned = True
+            raise
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            if self._loop is not loop:
+                with self.guard:
+                    self.queue = []
+            self._loop = loop
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._work(), name="timely-continuous-batcher")
+
+    async def _work(self) -> None:
+        assert self._arrived is not None and self._loop is not None
+        while True:
+            if not self.queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            end = self._wall.now() + self.window_s
+            while len(self.queue) < self.max_batch_size and self._wall.now() < end:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with self._wall.cutoff(end):
+                        await self._arrived.wait()
+            feed: Feed[R, T] = Feed(self, self._loop)
+            self.batches_run += 1
+            try:
+                await asyncio.to_thread(self._run, feed)
+            except Exception as e:  # one failed run fails its callers, not the worker
+                feed.fail(e)
+            else:
+                feed.fail(RuntimeError("the decode loop returned without answering"))
+
+    async def aclose(self) -> None:
+        """Stop the worker (pending callers get CancelledError)."""
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        with self.guard:
+            for p in self.queue:
+                p.future.cancel()
+            self.queue = []

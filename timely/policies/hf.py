@@ -41,7 +41,8 @@ from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.parsing import parse_tool_calls
 from timely.policies.base import Deadline, check_options, register_backend, register_check
-from timely.policies.batching import MicroBatcher
+from timely.policies.batching import ContinuousBatcher, Feed, MicroBatcher, Pending
+from timely.policies.hf_cached import DecodeSession, Row
 from timely.policies.hf_generate import GeneratedRow, generate_rows
 from timely.policies.hf_models import EMBEDDED_MODEL, load_model, resolve_model
 from timely.policies.kv_cache import (
@@ -93,6 +94,10 @@ class HFPolicy:
             that is not a transformers model (:func:`~timely.policies.kv_cache.supports_reuse`).
         kv_cache_tokens: most tokens whose keys and values the policy keeps between calls
             (about 46 KB each in fp32 for the embedded model).
+        continuous_batching: concurrent ``generate`` calls join the running decode batch
+            between steps and get their result as soon as their row ends, instead of waiting
+            for the batch (a :class:`~timely.policies.batching.ContinuousBatcher`; wall-clock
+            eval and serving). Needs reuse; ``generate_batch`` is unaffected.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class HFPolicy:
         precision: Literal["fp32", "bf16"] = "fp32",
         kv_reuse: bool = True,
         kv_cache_tokens: int = DEFAULT_CACHE_TOKENS,
+        continuous_batching: bool = False,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -138,12 +144,23 @@ class HFPolicy:
         self.stats = GenerationStats()
         with _locks_guard:
             self._lock = _model_locks.setdefault(model, threading.Lock())
-        self._batcher: MicroBatcher[_Request, GeneratedRow] = MicroBatcher(
-            self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_s
+        self._request_counter = 0
+        self._batcher: (
+            MicroBatcher[_Request, GeneratedRow] | ContinuousBatcher[_Request, GeneratedRow]
         )
+        if continuous_batching and kv_reuse and supports_reuse(model):
+            self._batcher = ContinuousBatcher(
+                self._run_continuous, max_batch_size=max_batch_size, window_s=batch_window_s
+            )
+        else:
+            self._batcher = MicroBatcher(
+                self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_s
+            )
 
     @property
-    def batcher(self) -> MicroBatcher[_Request, GeneratedRow]:
+    def batcher(
+        self,
+    ) -> MicroBatcher[_Request, GeneratedRow] | ContinuousBatcher[_Request, GeneratedRow]:
         """The micro-batcher (its ``batches_run`` / ``batch_sizes`` are handy in tests)."""
         return self._batcher
 
@@ -273,6 +290,62 @@ class HFPolicy:
                 rows[i] = row
         return [r for r in rows if r is not None]
 
+    def _run_continuous(self, feed: Feed[_Request, GeneratedRow]) -> None:
+        """Blocking: decode while requests keep arriving (a continuous batcher's run).
+
+        Between steps, queued requests join while the batch stays within ``max_batch_size``
+        rows and :data:`MAX_BATCH_TOKENS` padded tokens (a request alone always runs); each
+        row's result goes to its caller as soon as it ends.
+        """
+        import torch
+
+        limit = self._batcher.max_batch_size
+        with self._lock:
+            bf16 = self.precision == "bf16"
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                session = DecodeSession(
+                    self.model,
+                    pad_id=self.pad_id,
+                    stop_ids=self.stop_ids,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    store=self.kv_store,
+                    stats=self.stats,
+                )
+                owners: dict[int, Pending[_Request, GeneratedRow]] = {}
+                while True:
+                    widest = [session.width]
+
+                    def fits(request: _Request, taken: int, widest: list[int] = widest) -> bool:
+                        rows = len(session.rows) + taken + 1
+                        width = max(widest[0], len(request.prompt_ids))
+                        alone = rows == 1
+                        if not alone and (rows > limit or rows * width > MAX_BATCH_TOKENS):
+                            return False
+                        widest[0] = width
+                        return True
+
+                    rows = []
+                    for item in feed.take(fits):
+                        self._request_counter += 1
+                        request = item.request
+                        row = Row(
+                            request.prompt_ids,
+                            cap=request.cap,
+                            wall_end=request.wall_end,
+                            abandoned=lambda item=item: item.abandoned,
+                            seed=derive_seed(self.seed, "hf-request", self._request_counter),
+                        )
+                        owners[id(row)] = item
+                        rows.append(row)
+                    session.admit(rows)
+                    if not session.rows:
+                        return
+                    for row in session.step():
+                        result = row.result()
+                        result.ended = wall_seconds()
+                        feed.answer(owners.pop(id(row)), result)
+
     def _count_plain(self, prompts: list[list[int]], rows: list[GeneratedRow]) -> None:
         """Count a plain call's work: every row prefilled at the batch's width, then one
         token per row for every decode step until the longest row ended."""
@@ -364,6 +437,7 @@ _HF_OPTIONS = (
     "adapter",
     "kv_reuse",
     "kv_cache_tokens",
+    "continuous_batching",
 )
 
 
@@ -379,7 +453,7 @@ def hf_backend(spec: str = EMBEDDED_MODEL, **options: Any) -> HFPolicy:
             ``max_batch_size``, ``batch_window_s``, ``tool_format``, ``name``, ``cache_dir``,
             ``adapter`` (a peft LoRA directory merged into a copy of the model), ``precision``
             (``fp32`` or ``bf16``), ``kv_reuse`` (False: the plain full-prefill loop),
-            ``kv_cache_tokens`` (the prefix cache's token budget).
+            ``kv_cache_tokens`` (the prefix cache's token budget), ``continuous_batching``.
     """
     check_options(f"hf:{spec}", options, _HF_OPTIONS)
     spec = spec or EMBEDDED_MODEL

@@ -242,3 +242,59 @@ def test_the_backend_accepts_the_reuse_options():
     from timely.policies.base import check_options
 
     check_options("hf:x", {"kv_reuse": False, "kv_cache_tokens": 10}, hf._HF_OPTIONS)
+
+
+# --- continuous batching --------------------------------------------------------------------
+async def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+async def test_a_request_joins_a_running_batch_and_leaves_before_it(model, tok):
+    policy = HFPolicy(model, tok, max_new_tokens=400, continuous_batching=True)
+    policy.stop_ids = [-1]  # nothing stops a row but its cap
+    long = asyncio.ensure_future(policy.generate([user("long")], [], deadline=virtual()))
+    await wait_for(lambda: policy.stats.decode_tokens > 0)
+    short = await policy.generate([user("short")], [], deadline=virtual(max_new_tokens=5))
+    assert not long.done()  # answered while the long row still decodes
+    assert (short.completion_tokens, short.finish_reason) == (5, "deadline")
+    first = await long
+    assert first.completion_tokens == 400
+    assert policy.batcher.batches_run == 1 and policy.batcher.batch_sizes == [1, 1]
+    # Greedy: the same tokens as each prompt alone through the plain loop.
+    plain = HFPolicy(model, tok, max_new_tokens=400, kv_reuse=False)
+    plain.stop_ids = [-1]
+    alone = await plain.generate([user("short")], [], deadline=virtual(max_new_tokens=5))
+    assert alone.token_ids == short.token_ids
+    alone = await plain.generate([user("long")], [], deadline=virtual())
+    assert alone.token_ids == first.token_ids
+
+
+async def test_continuous_batching_keeps_concurrent_results_and_the_token_budget(
+    model, tok, monkeypatch
+):
+    questions = ["hi", "a much longer message " * 3, "yo", "what is 6*7?"]
+    plain = HFPolicy(model, tok, max_new_tokens=8, kv_reuse=False)
+    expected = [await plain.generate([user(q)], [], deadline=virtual()) for q in questions]
+    monkeypatch.setattr(hf, "MAX_BATCH_TOKENS", 150)  # about two prompts at a time
+    policy = HFPolicy(model, tok, max_new_tokens=8, continuous_batching=True, batch_window_s=0.05)
+    out = await asyncio.gather(
+        *(policy.generate([user(q)], [], deadline=virtual()) for q in questions)
+    )
+    assert [o.token_ids for o in out] == [e.token_ids for e in expected]
+    assert max(policy.batcher.batch_sizes) < len(questions)
+
+
+async def test_a_cancelled_caller_leaves_a_continuous_batch(model, tok):
+    policy = HFPolicy(model, tok, max_new_tokens=4000, continuous_batching=True)
+    policy.stop_ids = [-1]
+    task = asyncio.ensure_future(policy.generate([user("a")], [], deadline=virtual()))
+    await wait_for(lambda: policy.stats.decode_tokens > 0)
+    task.cancel()
+    out = await policy.generate([user("b")], [], deadline=virtual(max_new_tokens=2))
+    assert out.completion_tokens == 2
+    await wait_for(lambda: not policy._lock.locked())  # the run ended: the row left early
+    assert policy.stats.decode_tokens < 4000
