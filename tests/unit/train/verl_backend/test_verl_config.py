@@ -190,3 +190,25 @@ def test_paths_are_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
         )
     )
     assert "actor_rollout_ref.model.path=Qwen/Qwen3-1.7B" in hub.command  # a hub id as given
+
+
+def test_docs_key_table_names_every_emitted_key():
+    """docs/scale.md's "keys that matter" names every key the launcher emits (with the
+    ``actor.``/``rollout.`` short forms it uses), so the table cannot fall behind the code."""
+    text = (ROOT / "docs" / "scale.md").read_text()
+    section = text[text.index("### The keys that matter") : text.index("### GPUs")]
+    section = section.replace("`+", "`")
+    config = small_config(loss="dr_grpo").model_copy(
+        update={
+            "verl": small_config().verl.model_copy(
+                update={"lora": True, "chat_template_kwargs": {"enable_thinking": False}}
+            )
+        }
+    )
+    short = {"actor_rollout_ref.actor.": "actor.", "actor_rollout_ref.rollout.": "rollout."}
+    for key in overrides(config):
+        name = key.lstrip("+").removeprefix("data.apply_chat_template_kwargs.")
+        for long, abbrev in short.items():
+            name = name.replace(long, abbrev)
+        name = {"enable_thinking": "data.apply_chat_template_kwargs"}.get(name, name)
+        assert f"`{name}" in section or f"`{name.rsplit('.', 1)[-1]}`" in section, key
