@@ -9,6 +9,7 @@ release so results stay comparable.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -109,6 +110,35 @@ class TimeAwareness(BaseModel):
 
     def pulls(self, task_preference: Literal["push", "pull"]) -> bool:
         return self.resolved_mode(task_preference) in ("pull", "both")
+
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_DEFAULT_STATUS = re.compile(rf"\[time\] {_NUMBER}s used of {_NUMBER}s, {_NUMBER}s left")
+_PAPER_STATUS = re.compile(rf"You have spent {_NUMBER} seconds\.")
+
+
+def read_status(text: str | None, budget_s: float | None = None) -> TimeStatus | None:
+    """The last time status shown in ``text`` (either wording), as the model can read it.
+
+    The inverse of :meth:`TimeAwareness.status_line`, for agents that decide on the time they
+    were shown rather than on a clock they cannot see (the budget-aware scripted expert). The
+    numbers are the shown, rounded ones.
+
+    Args:
+        text: a tool result, clock reading or user turn.
+        budget_s: the budget stated in the prompt; needed for the paper's elapsed-only wording,
+            which does not restate it (without it such a line reads as None).
+    """
+    if not text:
+        return None
+    found = list(_DEFAULT_STATUS.finditer(text))
+    if found:
+        elapsed, budget, _ = (float(g) for g in found[-1].groups())
+        return TimeStatus(budget=budget, elapsed=elapsed)
+    spent = list(_PAPER_STATUS.finditer(text))
+    if spent and budget_s is not None:
+        return TimeStatus(budget=budget_s, elapsed=float(spent[-1].group(1)))
+    return None
 
 
 TIME_AWARENESS_PRESETS: dict[str, TimeAwareness] = {

@@ -4,9 +4,11 @@ They make the loop, the clock and the reward testable without a model, and give 
 curves: ``scripted:oracle`` replays the task's :class:`~timely.task.ScriptedSolution` and ignores
 time (what an untrained, budget-blind agent that happens to be right does),
 ``scripted:budget-aware`` replays it but stops with its best answer so far when the next step
-would not fit in the time left, and ``scripted:answer-now`` answers immediately (the fast, dumb
-floor). They report realistic token counts so a virtual clock's SpeedProfile charges sensible
-generation time.
+would not fit in the time left (read from its deadline), ``scripted:timely`` does the same on
+the time *shown* in the conversation (the expert the cold-start data imitates: its decisions
+follow what the model will see, :func:`shown_times`), and ``scripted:answer-now`` answers
+immediately (the fast, dumb floor). They report realistic token counts so a virtual clock's
+SpeedProfile charges sensible generation time.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import difflib
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from timely.budget import GET_DURATION_TOOL, read_status
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.policies.base import Deadline, register_backend, register_check
@@ -27,10 +31,14 @@ from timely.types import Completion, Message, ToolCall
 if TYPE_CHECKING:
     from timely.task import ScriptedSolution, Task
 
-ScriptMode = Literal["oracle", "budget-aware", "answer-now"]
+ScriptMode = Literal["oracle", "budget-aware", "timely", "answer-now"]
 MODES: tuple[str, ...] = get_args(ScriptMode)
 
 # The budget line the loop appends to the user turn (both wordings in timely.budget).
+CLOCK_TEXT = "Let me check the time."
+# Statuses show tenths of a second: a step cost read off them is that much uncertain, and a
+# stop decided exactly at the margin was late (measured on treasure at 0.25x).
+SHOWN_RESOLUTION_S = 0.1
 _BUDGET_RE = re.compile(
     r"(?:time budget of|answer within)\s+(\d+(?:\.\d+)?)\s+seconds", re.IGNORECASE
 )
@@ -68,15 +76,93 @@ def should_stop(
     return remaining <= 0 or remaining < safety * per_step
 
 
+@dataclass(frozen=True)
+class ShownTime:
+    """What the conversation has shown of the time: a reading and the step cost it implies.
+
+    Attributes:
+        steps: task tool results (clock reads excluded) before the latest reading.
+        elapsed: seconds used at the latest reading (0 at the start).
+        remaining: seconds left at the latest reading.
+        step_s: expected seconds of one more step (a generation plus a tool call): the larger
+            of the average over the steps shown and the latest step's cost, since prompts grow
+            and a turn's prefill with them; None before any step was shown.
+    """
+
+    steps: int
+    elapsed: float
+    remaining: float
+    step_s: float | None
+
+
+def shown_times(messages: list[Any]) -> ShownTime | None:
+    """The time as the model saw it: the latest status in the conversation and the step cost
+    its readings imply; None where no budget was stated (nothing to decide on).
+
+    Readings come from status lines pushed after tool results, ``get_duration`` results and
+    wrap-up turns, in either wording (:func:`timely.budget.read_status`); the start counts as a
+    reading of 0 s used. Task steps are the tool results other than clock reads.
+    """
+    budget = _stated_budget(messages)
+    if budget is None:
+        return None
+    readings = [(0, 0.0, budget)]
+    steps = 0
+    for m in messages:
+        role = _get(m, "role")
+        if role == "tool" and _get(m, "name") != GET_DURATION_TOOL:
+            steps += 1
+        if role in ("tool", "user"):
+            status = read_status(_get(m, "content"), budget)
+            if status is not None:
+                readings.append((steps, status.elapsed, status.budget))
+    steps_at, elapsed, shown_budget = readings[-1]
+    step_s: float | None = None
+    if steps_at > 0:
+        step_s = elapsed / steps_at
+        earlier = [r for r in readings if r[0] < steps_at]
+        if earlier:
+            prev_steps, prev_elapsed, _ = earlier[-1]
+            step_s = max(step_s, (elapsed - prev_elapsed) / (steps_at - prev_steps))
+    return ShownTime(
+        steps=steps_at, elapsed=elapsed, remaining=shown_budget - elapsed, step_s=step_s
+    )
+
+
+def answer_now(
+    shown: ShownTime | None, steps_done: int, *, safety: float, first_step_s: float = 0.0
+) -> bool:
+    """The ``scripted:timely`` stopping rule: answer now when the time left, as shown and
+    extrapolated to now, is less than ``safety`` x the expected cost of the next step.
+
+    One step is the next tool call's turn and latency; at ``safety`` 2 the second covers the
+    answer turn after it (a generation, cheaper than a step, so the rule errs early: the room
+    RL can win back). Steps taken since the latest reading (the time was only pulled) are
+    charged at the expected step cost.
+
+    Args:
+        shown: :func:`shown_times` of the conversation; None (no budget stated) never stops.
+        steps_done: task tool results so far.
+        safety: margin on the expected step cost.
+        first_step_s: the step cost assumed before any step was shown.
+    """
+    if shown is None:
+        return False
+    step_s = shown.step_s if shown.step_s is not None else first_step_s
+    remaining = shown.remaining - max(0, steps_done - shown.steps) * step_s
+    return remaining <= 0 or remaining < safety * step_s + SHOWN_RESOLUTION_S
+
+
 class ScriptedPolicy:
     """A scripted baseline; ``bind(task)`` gives the per-episode instance that plays it.
 
     Args:
         mode: "oracle", "budget-aware" or "answer-now".
-        safety: budget-aware only: stop when remaining < safety x estimated step time.
+        safety: budget-aware and timely: stop when remaining < safety x estimated step time.
         think_tokens: hidden reasoning tokens added to every completion (emulates a thinking
             model, so a SpeedProfile charges more generation time per turn).
-        first_step_s: budget-aware only: the step-time estimate before any step was observed.
+        first_step_s: budget-aware and timely: the step-time estimate before any step was
+            observed.
         slip: probability that a turn's tool call is wasted (re-issued instead of advancing the
             solution), drawn from a stream seeded by the task id, split and seed. It emulates a
             weaker model that needs more interactions for the same result (the wasted call is
@@ -84,6 +170,12 @@ class ScriptedPolicy:
             fast SpeedProfile one policy plays a small fast model, with ``slip=0`` and a slow
             profile a large slow one, and tool latency decides which wins (the paper's
             crossover, simulated).
+        clock_every: timely only, where the time is pulled (``get_duration`` offered, nothing
+            pushed): read the clock once this many task steps passed without a reading, and
+            before stopping early; 0 reads it only before stopping.
+        stop_after: answer with the partial result after this many task steps at the latest
+            (None: no cap). Cold-start data replays a cut-off expert episode with a cap to keep
+            it as an episode answered in time (:func:`timely.train.experts.play_expert`).
         task: the task being played (set by ``bind``).
     """
 
@@ -95,6 +187,8 @@ class ScriptedPolicy:
         think_tokens: int = 0,
         first_step_s: float = 0.0,
         slip: float = 0.0,
+        clock_every: int = 2,
+        stop_after: int | None = None,
         task: Task | None = None,
     ) -> None:
         if mode not in MODES:
@@ -107,12 +201,16 @@ class ScriptedPolicy:
             raise ConfigError("safety must be > 0; think_tokens and first_step_s must be >= 0")
         if not 0.0 <= slip < 1.0:
             raise ConfigError(f"slip must be in [0, 1), got {slip}")
+        if clock_every < 0 or (stop_after is not None and stop_after < 0):
+            raise ConfigError("clock_every and stop_after must be >= 0")
         self.mode: ScriptMode = mode
         self.name = f"scripted:{mode}"
         self.safety = float(safety)
         self.think_tokens = int(think_tokens)
         self.first_step_s = float(first_step_s)
         self.slip = float(slip)
+        self.clock_every = int(clock_every)
+        self.stop_after = stop_after
         self.task = task
         self._solution: ScriptedSolution | None = task.solution() if task is not None else None
         self._started_at: float | None = None
@@ -131,6 +229,8 @@ class ScriptedPolicy:
             think_tokens=self.think_tokens,
             first_step_s=self.first_step_s,
             slip=self.slip,
+            clock_every=self.clock_every,
+            stop_after=self.stop_after,
             task=task,
         )
 
@@ -150,15 +250,23 @@ class ScriptedPolicy:
             raise PolicyError(f"{self.name} must be bound to a task first: use bind_policy()")
         if self._started_at is None:
             self._started_at = deadline.clock.now()
-        done = sum(1 for m in messages if _get(m, "role") == "tool") - self._wasted
+        tool_results = [m for m in messages if _get(m, "role") == "tool"]
+        if self.mode == "timely":  # its own clock reads are no steps of the script
+            tool_results = [m for m in tool_results if _get(m, "name") != GET_DURATION_TOOL]
+        done = len(tool_results) - self._wasted
         step = max(0, min(done, len(solution.calls)))
         call: ToolCall | None = None
+        decided: tuple[str, ToolCall | None] | None = None
         if self.mode == "answer-now":
             text = _fallback(solution, 0)
         elif step >= len(solution.calls):
             text = solution.answer
+        elif self.stop_after is not None and step >= self.stop_after:
+            text = _fallback(solution, step)
         elif self.mode == "budget-aware" and self._out_of_time(messages, deadline, step):
             text = _fallback(solution, step)
+        elif self.mode == "timely" and (decided := self._timely_turn(messages, tools, step)):
+            text, call = decided
         else:
             call = solution.calls[step]
             if step > 0 and self._rng is not None and self._rng.random() < self.slip:
@@ -178,6 +286,35 @@ class ScriptedPolicy:
             finish_reason="tool_calls" if call else "stop",
         )
 
+    def _timely_turn(
+        self, messages: list[Any], tools: list[dict[str, Any]], step: int
+    ) -> tuple[str, ToolCall | None] | None:
+        """The timely expert's turn when it does not simply take the next step: an answer with
+        its partial result, or a clock read; None: take the next step.
+
+        It decides on the shown time only (:func:`shown_times`, :func:`answer_now`). Where the
+        time is pulled it reads the clock after its first step (until then it knows no step
+        cost to extrapolate with), when ``clock_every`` steps passed unread, and before an
+        early stop that rests on an extrapolation, if half a step is left for the read: an
+        early answer in the data then follows a reading the model saw.
+        """
+        assert self._solution is not None
+        offered = {t["function"]["name"] for t in tools}
+        if self._solution.calls[step].name not in offered:  # wrapping up: no tools offered
+            return _fallback(self._solution, step), None
+        shown = shown_times(messages)
+        stop = answer_now(shown, step, safety=self.safety, first_step_s=self.first_step_s)
+        if shown is not None and GET_DURATION_TOOL in offered and not _just_read(messages):
+            unread = step - shown.steps
+            step_s = shown.step_s or self.first_step_s
+            room = shown.remaining - unread * step_s > step_s / 2
+            blind = shown.step_s is None and not self.first_step_s  # no step cost seen yet
+            if unread > 0 and ((stop and room) or blind or 0 < self.clock_every <= unread):
+                reads = sum(1 for m in messages if _get(m, "name") == GET_DURATION_TOOL)
+                clock = ToolCall(id=f"clock_{reads}", name=GET_DURATION_TOOL, arguments={})
+                return CLOCK_TEXT, clock
+        return (_fallback(self._solution, step), None) if stop else None
+
     def _out_of_time(self, messages: list[Any], deadline: Deadline, step: int) -> bool:
         assert self._started_at is not None
         elapsed = deadline.clock.now() - self._started_at
@@ -194,18 +331,19 @@ class ScriptedPolicy:
 @register_backend(
     "scripted",
     help="Deterministic baselines replaying the task's solution: "
-    "scripted:oracle, scripted:budget-aware, scripted:answer-now.",
+    "scripted:oracle, scripted:budget-aware, scripted:timely, scripted:answer-now.",
 )
 def make_scripted(name: str = "oracle", **opts: Any) -> ScriptedPolicy:
     """Build a scripted policy from its name ("oracle" or "scripted:oracle") and options.
 
     Args:
         name: the mode, with or without the ``scripted:`` prefix.
-        **opts: ``safety``, ``think_tokens``, ``first_step_s``, ``slip`` (see
+        **opts: ``safety``, ``think_tokens``, ``first_step_s``, ``slip``, ``clock_every``,
+            ``stop_after`` (see
             :class:`ScriptedPolicy`).
     """
     mode = name.removeprefix("scripted:")
-    known = {"safety", "think_tokens", "first_step_s", "slip"}
+    known = {"safety", "think_tokens", "first_step_s", "slip", "clock_every", "stop_after"}
     unknown = set(opts) - known
     if unknown:
         raise ConfigError(
@@ -228,6 +366,11 @@ def _flat_call(call: dict[str, Any]) -> dict[str, Any]:
         "name": call["function"].get("name", ""),
         "arguments": json.loads(args) if isinstance(args, str) else args,
     }
+
+
+def _just_read(messages: list[Any]) -> bool:
+    """Whether the latest message is a clock reading (reading again would show nothing new)."""
+    return bool(messages) and _get(messages[-1], "name") == GET_DURATION_TOOL
 
 
 def _stated_budget(messages: list[Any]) -> float | None:

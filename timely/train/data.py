@@ -4,8 +4,9 @@ the local policy would have seen the same conversation.
 :func:`build_dataset` plays the scripted expert (:func:`timely.train.experts.play_experts`) over
 the train split of each task, one drawn setting per episode
 (:func:`timely.train.episodes.draw_setting`: latency, time-status mode, a budget of 0.5x-3x the
-expert's unconstrained time, or no limit), keeps the answered on-time episodes and turns each
-into one training example. There is no second loop: the expert records text only, so
+expert's unconstrained time, or no limit), keeps the answered on-time episodes - early answers
+with a partial result and cut-off episodes replayed into answers in time included - and turns
+each into one training example. There is no second loop: the expert records text only, so
 :func:`with_token_records` fills a copy's per-step token records the way
 :class:`~timely.policies.hf.HFPolicy` would have recorded them - turn ``k``'s prompt ids are
 :func:`~timely.prompting.prompt_token_ids` of the messages before it, its "sampled" ids the
@@ -298,6 +299,9 @@ def build_dataset(
     started = wall_seconds()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
     played = asyncio.run(play_experts(config, tokenizer=tokenizer, progress=progress))
+    # Cut-off expert episodes arrive already replayed into answers in time where one fits
+    # (timely.train.experts.salvage): short budgets give "answer with what you have" examples
+    # instead of holes. What is still unanswered or late is no behaviour to imitate.
     kept = [t for t in played if config.keep == "all" or _on_time(t)]
     rows = [row for t in kept for row in trajectory_rows(t, tokenizer, source="expert")]
     order = make_rng("cold-start-rows", config.seed).permutation(len(rows))
@@ -312,6 +316,8 @@ def build_dataset(
         "tool_format": resolve_tool_format(tokenizer, "auto"),
         "played": len(played),
         "kept": len(kept),
+        "early": sum(1 for t in kept if t.metadata.get("early")),
+        "salvaged": sum(1 for t in kept if t.metadata.get("salvaged")),
         "rows": len(rows),
         "seconds": round(wall_seconds() - started, 1),
         "versions": _versions(),

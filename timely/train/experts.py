@@ -1,9 +1,17 @@
 """Budget-aware experts for cold-start data, played through the one loop over drawn settings
 (:func:`play_experts`).
 
-The expert is ``scripted:budget-aware``: it replays a task's reference solution and, when the
-next step would not fit in the time left, answers with the best partial result it has
-(:attr:`~timely.task.ScriptedSolution.fallback_answers`). Two things about it matter for data:
+The expert replays a task's reference solution and, when the next step would not fit in the
+time left, answers with the best partial result it has
+(:attr:`~timely.task.ScriptedSolution.fallback_answers`: the sub-answers finished, the points
+reached). ``scripted:timely`` decides on the time the conversation *shows* (the status pushed
+after each tool result, or its own ``get_duration`` reads where the time is pulled) against the
+step cost those readings imply, so every decision in the data follows what the model will see;
+``scripted:budget-aware`` reads its deadline instead and, where the time is pulled, needs
+:class:`ClockReadingExpert` to make its readings visible. An expert episode cut off at the
+budget is not dropped: :func:`play_expert` replays it with the expert made to answer a step
+earlier until the answer is in time (:func:`salvage`), so short budgets yield "time is short:
+answer with what you have" examples. Things about the experts that matter for data:
 
 * **Its safety margin.** It stops when less than ``safety`` x its average step time is left. At
   the scripted default (1.5) the answer turn itself often does not fit - with the embedded
@@ -31,13 +39,13 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from timely.budget import GET_DURATION_TOOL
 from timely.config import config_hash
 from timely.policies.base import Deadline, Policy, bind_policy, make_policy
-from timely.policies.scripted import prompt_chars
+from timely.policies.scripted import CLOCK_TEXT, prompt_chars
 from timely.prompting import CHARS_PER_TOKEN, ToolFormat, assistant_text, prompt_token_ids
 from timely.rng import make_rng
 from timely.rollout import Runtime
@@ -49,7 +57,6 @@ from timely.types import Completion, EndReason, Message, ToolCall, Trajectory
 if TYPE_CHECKING:
     from timely.task import Task
 
-CLOCK_TEXT = "Let me check the time."
 # An early stop reads the clock first when this many average turns are left. A clock read costs
 # one generation but no tool latency, so it fits where a full step would not; 1.2 measured: 2 in
 # 60 pull-mode treasure episodes were cut off by the extra turn, against 1 in 3 early answers
@@ -173,10 +180,14 @@ def make_expert(
         spec: the scripted policy spec (``scripted:budget-aware``).
         options: its options (``safety``, ...).
         clock_every: read the clock tool every this many tool results (0: never; give it only
-            where the time is pulled).
+            where the time is pulled). ``scripted:timely`` reads it itself, ``clock_every`` as
+            its option unless ``options`` set one.
         tokenizer: report this tokenizer's token counts (:class:`TokenizedExpert`); None keeps
             the scripted estimate.
     """
+    if spec.removeprefix("scripted:") == "timely":  # it reads the clock itself
+        expert = make_policy(spec, **({"clock_every": clock_every} | options))
+        return TokenizedExpert(expert, tokenizer) if tokenizer is not None else expert
     expert = make_policy(spec, **options)
     if clock_every > 0:
         expert = ClockReadingExpert(expert, every=clock_every)
@@ -351,19 +362,49 @@ async def play_expert(
     )
     view = expert_view(task, config.solution)
     every = config.clock_every if setting.time_mode == "pull" else 0
-    traj = await runtime.play(
-        setting.episode(view, task_options=options),
-        make_expert(config.expert, config.expert_options, clock_every=every, tokenizer=tokenizer),
-        task=view,
-        reward=config.reward,
-        config_hash=config_hash(config),
-    )
+
+    async def play(expert_options: dict[str, Any]) -> Trajectory:
+        return await runtime.play(
+            setting.episode(view, task_options=options),
+            make_expert(config.expert, expert_options, clock_every=every, tokenizer=tokenizer),
+            task=view,
+            reward=config.reward,
+            config_hash=config_hash(config),
+        )
+
+    traj = await play(dict(config.expert_options))
+    if traj.end_reason == EndReason.BUDGET_EXHAUSTED and setting.limited:
+        traj = await salvage(traj, lambda cap: play(config.expert_options | {"stop_after": cap}))
     answered = traj.end_reason == EndReason.ANSWERED
-    calls = traj.n_tool_calls - clock_reads(traj.messages)
     traj.metadata["setting"] = setting_record(setting)
     traj.metadata["task_options"] = options
-    traj.metadata["early"] = answered and calls < len(view.solution().calls)
+    traj.metadata["early"] = answered and task_steps(traj) < len(view.solution().calls)
     return traj
+
+
+async def salvage(cut: Trajectory, replay: Callable[[int], Awaitable[Trajectory]]) -> Trajectory:
+    """An expert episode answered in time in place of ``cut``, which the budget cut off.
+
+    The expert is replayed with a cap on its task steps (``stop_after``), one step fewer each
+    time, from the steps the cut episode finished down to none, until it answers on time; the
+    replay's metadata records ``salvaged`` (the cut episode's steps and elapsed time). Where
+    even answering at once is late, ``cut`` comes back unchanged (and the data drops it).
+
+    Args:
+        cut: the cut-off episode.
+        replay: plays the same episode with the expert capped at the given number of steps.
+    """
+    for cap in range(task_steps(cut), -1, -1):
+        again = await replay(cap)
+        if again.end_reason == EndReason.ANSWERED and again.compliant:
+            again.metadata["salvaged"] = {"steps": task_steps(cut), "elapsed_s": cut.elapsed_s}
+            return again
+    return cut
+
+
+def task_steps(trajectory: Trajectory) -> int:
+    """Task tool calls of an episode (clock reads are no steps)."""
+    return trajectory.n_tool_calls - clock_reads(trajectory.messages)
 
 
 def setting_record(setting: Setting) -> dict[str, Any]:

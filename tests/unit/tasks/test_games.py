@@ -133,6 +133,33 @@ async def test_a_tight_budget_gives_partial_credit_on_time():
     assert late.end_reason == EndReason.BUDGET_EXHAUSTED and late.score == 0.0
 
 
+async def test_stopping_after_any_move_keeps_its_points_and_says_them():
+    """At every step the agent may answer instead of moving: the reply keeps the points the
+    game showed so far (partial credit), and the expert's stop answer states them."""
+    task = make_task(TREASURE, seed=2, split="train", difficulty=2)
+    solution = task.solution()
+    assert len(solution.fallback_answers) == len(solution.calls) + 1
+    app = create_app(ServerConfig(latency="constant:1.0"))
+    scores = []
+    async with ToolClient.in_process(app) as tools:
+        for cap in range(len(solution.calls) + 1):
+            traj = await run_episode(
+                make_policy("scripted:oracle", stop_after=cap),
+                task,
+                tools,
+                VirtualClock(),
+                Budget(seconds=task.spec.default_budget_s),
+            )
+            assert traj.end_reason == EndReason.ANSWERED and traj.compliant
+            points = round(traj.score * task.max_score)
+            if cap < len(solution.calls):
+                assert traj.final_answer == solution.fallback_answers[cap]
+                assert f"with {points} of {task.max_score} points" in traj.final_answer
+            scores.append(traj.score)
+    assert scores[0] == 0.0 and scores[-1] == 1.0
+    assert scores == sorted(scores) and len(set(scores)) == task.max_score + 1
+
+
 async def test_episodes_run_concurrently_and_teardown_frees_the_game():
     app = create_app(ServerConfig(latency="constant:1.0"))
     tasks = [make_task(TREASURE, seed=s, difficulty=2) for s in (7, 7, 8)]

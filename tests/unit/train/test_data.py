@@ -227,3 +227,28 @@ async def test_the_direct_expert_calls_the_calculator_once_with_the_whole_expres
     # Other tasks keep their reference route.
     game = make_task("games/treasure-v1", seed=0, split="train", difficulty=1)
     assert expert_view(game, "direct") is game and direct_solution(game) is None
+
+
+def test_cut_off_and_partial_expert_episodes_are_kept_when_answered_in_time(tmp_path, etok):
+    """An expert that ignores time is cut off at half its time; the data keeps each episode
+    replayed into an early answer with the parts found so far instead of dropping it."""
+    config = SMALL.model_copy(
+        update={
+            "tasks": ("math/chain-v1",),
+            "task_options": {"math/chain-v1": {"difficulty": 2}},
+            "episodes_per_task": 3,
+            "expert": "scripted:oracle",
+            "expert_options": {},
+            "budget_multipliers": (0.5, 0.5),
+            "no_limit_share": 0.0,
+            "time_modes": ("push",),
+        }
+    )
+    out = build_dataset(config, tmp_path / "data", tokenizer=etok, progress=False)
+    build = json.loads((out / "build.json").read_text())
+    assert build["played"] == build["kept"] == build["salvaged"] == build["early"] == 3
+    rows = load_sft_dataset(out).to_list()
+    assert len(rows) == 3 and all(r["early"] and r["end_reason"] == "answered" for r in rows)
+    assert all(0 < r["score"] < 1 for r in rows)  # partial credit, answered in time
+    for traj in read_trajectories(out):
+        assert traj.compliant and traj.metadata["salvaged"]["steps"] > traj.n_tool_calls

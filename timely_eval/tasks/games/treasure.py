@@ -16,9 +16,10 @@ from typing import ClassVar
 
 from timely.errors import TaskError
 from timely.rng import derive_seed
-from timely.task import Split, register_task
+from timely.task import ScriptedSolution, Split, register_task
 from timely_eval.tasks.games.base import (
     ANSWER_HELP,
+    STOP_ANSWER,
     TOOLS_HELP,
     GameTask,
     Move,
@@ -27,6 +28,7 @@ from timely_eval.tasks.games.base import (
     check_split,
     check_tool_set,
 )
+from tools.games.treasure.engine import TreasureGame
 from tools.games.treasure.solver import move_command, walkthrough
 from tools.games.treasure.world import MAX_DIFFICULTY, World, world_for
 
@@ -80,6 +82,7 @@ class TreasureTask(GameTask):
         level = check_level(self.task_id, difficulty, self.default_difficulty, MAX_DIFFICULTY)
         tool_set = check_tool_set(self.task_id, tool_set, ("verbs", "reference"))
         world_seed, world = self._draw(int(seed), split, level)
+        self.world = world
         plan = walkthrough(world)
         if tool_set == "reference":
             plan = [("step", {"action": move_command(m, world)}) for m in plan]
@@ -112,3 +115,24 @@ class TreasureTask(GameTask):
             if split_of(quest_text(world)) == split:
                 return world_seed, world
         raise TaskError(f"{cls.task_id}: no {split} world after {_MAX_ATTEMPTS} draws (a bug)")
+
+    def solution(self) -> ScriptedSolution:
+        """The walkthrough; stopping after ``i`` moves says the points they earned.
+
+        The score is read from the game's own lines whatever the reply says, so these answers
+        change no score; they make an early stop report the game state reached (what the
+        prompt asks for, "say what you achieved"), so data built from them teaches it.
+        """
+        reference = super().solution()
+        game = TreasureGame(self.world)
+        points = [0]
+        for verb, args in self.moves:
+            game.step(args["action"]) if verb == "step" else game.act(verb, args)
+            points.append(game.score)
+        stops = [stop_answer(p, self.max_score) for p in points]
+        return reference.model_copy(update={"fallback_answers": stops})
+
+
+def stop_answer(points: int, max_points: int) -> str:
+    """What an agent that stops early says: the points it has (``STOP_ANSWER`` plus them)."""
+    return f"{STOP_ANSWER.removesuffix('.')} with {points} of {max_points} points."
