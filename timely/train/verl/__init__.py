@@ -6,6 +6,7 @@
   token server, returned as verl's agent-loop fields (no verl import);
 * :mod:`~timely.train.verl.agent_loop` — ``TimelyAgentLoop``, the verl class (imports verl);
 * :mod:`~timely.train.verl.reward` — ``compute_score``, verl's reward entry point;
+* :mod:`~timely.train.verl.failures` — failed prompt groups: counted, shown, fatal past a share;
 * :mod:`~timely.train.verl.launch` — ``timely-rl --backend verl``.
 
 Only ``agent_loop`` needs verl; the rest runs on the base install (``--dry-run``, the tests).
