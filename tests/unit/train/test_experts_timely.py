@@ -210,3 +210,33 @@ def _spec(task, budget: float) -> EpisodeSpec:
         budget=Budget(seconds=budget),
         time=PUSH,
     )
+
+
+async def test_the_gap_table_puts_the_expert_between_the_oracle_and_hindsight():
+    rows = await expert_gap(
+        tasks=("math/chain-v1",), multipliers=(0.5, 2.0), seeds=2, latencies=("constant:1.0",)
+    )
+    short, ample = rows
+    assert short.oracle == 0.0 < short.expert <= short.hindsight < 1.0  # cut off vs partial
+    assert ample.oracle == ample.expert == ample.hindsight == 1.0
+    assert short.expert_on_time == ample.expert_on_time == 1.0 and short.episodes == 2
+
+
+async def test_in_pull_mode_an_early_answer_follows_a_clock_reading():
+    config = DataConfig(
+        expert="scripted:timely",
+        budget_multipliers=(0.6, 0.6),
+        no_limit_share=0.0,
+        time_modes=("pull",),
+        latencies=("constant:1.0",),
+        timing="estimate",
+    )
+    async with Runtime() as runtime:
+        for seed in range(3):
+            task = make_task("math/chain-v1", seed=seed, split="train", difficulty=2)
+            traj = await play_expert(config, runtime, task, np.random.default_rng(seed), {})
+            assert traj.end_reason == EndReason.ANSWERED and traj.compliant
+            assert traj.metadata["early"] and "salvaged" not in traj.metadata
+            readings = [m for m in traj.messages if m.name == GET_DURATION_TOOL]
+            assert readings and traj.messages[-2].name == GET_DURATION_TOOL
+            assert read_status(traj.messages[-2].content) is not None
