@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from timely.clock import wall_seconds
+from timely.errors import PolicyError
 from timely.policies.hf_generate import GeneratedRow
 from timely.policies.kv_cache import (
     GenerationStats,
@@ -226,9 +227,13 @@ class DecodeSession:
                 for j in ended:
                     row = self.rows[j]
                     columns = batch.mask[j].nonzero().squeeze(1)
-                    self.store.put(
-                        row.prompt + row.tokens[:-1], row_layers(batch.cache, j, columns)
-                    )
+                    ids = row.prompt + row.tokens[:-1]  # the last token was never fed
+                    if columns.numel() != len(ids):  # never store keys under the wrong ids
+                        raise PolicyError(
+                            f"internal error: a row holds {columns.numel()} cached positions "
+                            f"for {len(ids)} tokens; run with kv_reuse=False and report it"
+                        )
+                    self.store.put(ids, row_layers(batch.cache, j, columns))
                 stay = [j for j in range(len(self.rows)) if j not in set(ended)]
                 self.rows = [self.rows[j] for j in stay]
                 if not stay:
