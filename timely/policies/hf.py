@@ -270,7 +270,12 @@ class HFPolicy:
         rows: list[GeneratedRow | None] = [None] * len(requests)
         reusing = self.kv_reuse and supports_reuse(self.model)
         reuse = {"store": self.kv_store, "stats": self.stats} if reusing else {}
-        for k, chunk in enumerate(padded_chunks([len(r.prompt_ids) for r in requests])):
+        # With reuse the prefill is bounded inside the session (new tokens only); what remains
+        # to bound is the decode batch's keys and values, which take far less than the plain
+        # loop's full prefill at the same width.
+        budget = MAX_BATCH_TOKENS * (REUSE_BATCH_FACTOR if reusing else 1)
+        lengths = [len(r.prompt_ids) for r in requests]
+        for k, chunk in enumerate(padded_chunks(lengths, budget)):
             part = generate_rows(
                 self.model,
                 [requests[i].prompt_ids for i in chunk],
@@ -320,7 +325,8 @@ class HFPolicy:
                         rows = len(session.rows) + taken + 1
                         width = max(widest[0], len(request.prompt_ids))
                         alone = rows == 1
-                        if not alone and (rows > limit or rows * width > MAX_BATCH_TOKENS):
+                        budget = MAX_BATCH_TOKENS * REUSE_BATCH_FACTOR
+                        if not alone and (rows > limit or rows * width > budget):
                             return False
                         widest[0] = width
                         return True
@@ -406,6 +412,10 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 # holds rows x heads x width^2 scores: one 5k-token prompt padded 16 rows wide asked for ~14 GB
 # and was OOM-killed in an RL rollout; at this bound a 2k-token game batch still runs 8 wide.
 MAX_BATCH_TOKENS = 16384
+# With reuse a batch may hold this many times more padded tokens: its prefill is split by
+# attention size (hf_cached.MAX_PREFILL_SCORES) and its decode holds only keys and values
+# (SmolLM2-135M: 4 x 16384 tokens is about 3 GB in fp32).
+REUSE_BATCH_FACTOR = 4
 
 
 def padded_chunks(lengths: Sequence[int], budget: int = MAX_BATCH_TOKENS) -> list[list[int]]:

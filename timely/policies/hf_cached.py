@@ -47,6 +47,12 @@ from timely.policies.kv_cache import (
 from timely.policies.logprobs import accepts_logits_to_keep, sample_next
 from timely.rng import derive_seed
 
+# Most attention scores (rows x new tokens x batch width) of one prefill forward: the old bound
+# (MAX_BATCH_TOKENS padded prompt tokens, 8 rows of a 2k-token game) at full prefill. With reuse
+# the new tokens are few, so far longer conversations fit one decode batch; a long first prompt
+# is still prefilled a few rows at a time.
+MAX_PREFILL_SCORES = 8 * 2048 * 2048
+
 # A prefix shared by several prompts of a batch is prefilled on its own only when it saves at
 # least this many tokens per prompt: below that the extra forward call costs more than it saves.
 MIN_SHARED_PREFIX = 16
@@ -178,7 +184,9 @@ class DecodeSession:
                     self.model, unique, self.store, self.pad_id, self.keep, stats, computed
                 )
             hits = [self.store.lookup(p) for p in unique]
-            batch = _prefill(self.model, unique, hits, self.pad_id, self.keep, stats, computed)
+            batch = _prefill_bounded(
+                self.model, unique, hits, self.pad_id, self.keep, stats, computed
+            )
             if source != list(range(len(rows))):  # copy each distinct prompt's prefill
                 batch.select(torch.tensor(source, device=self.device))
             if self.batch is None:
@@ -342,12 +350,53 @@ def _share_prefixes(
     todo_hits = [(p, h) for p, h in zip(todo, hits, strict=True) if h.length < len(p)]
     if not todo_hits:
         return
-    batch = _prefill(
+    batch = _prefill_bounded(
         model, [p for p, _ in todo_hits], [h for _, h in todo_hits], pad_id, keep, stats, computed
     )
     for row, (prefix, _) in enumerate(todo_hits):
         columns = batch.mask[row].nonzero().squeeze(1)
         store.put(prefix, row_layers(batch.cache, row, columns))
+
+
+def _prefill_bounded(
+    model: Any,
+    prompts: list[list[int]],
+    hits: list[Hit],
+    pad_id: int,
+    keep: dict[str, int],
+    stats: GenerationStats,
+    computed: list[int],
+) -> _Batch:
+    """:func:`_prefill` in consecutive groups whose attention scores (rows x new tokens x
+    width) stay within :data:`MAX_PREFILL_SCORES`, joined into one batch in prompt order."""
+    groups: list[list[int]] = []
+    new_max = width_max = 0
+    for i, (prompt, hit) in enumerate(zip(prompts, hits, strict=True)):
+        new = max(new_max, len(prompt) - hit.length)
+        width = max(width_max, hit.length) + new
+        if groups and (len(groups[-1]) + 1) * new * width <= MAX_PREFILL_SCORES:
+            groups[-1].append(i)
+            new_max, width_max = new, max(width_max, hit.length)
+        else:
+            groups.append([i])
+            new_max, width_max = len(prompt) - hit.length, hit.length
+    batch: _Batch | None = None
+    for group in groups:
+        part = _prefill(
+            model,
+            [prompts[i] for i in group],
+            [hits[i] for i in group],
+            pad_id,
+            keep,
+            stats,
+            computed,
+        )
+        if batch is None:
+            batch = part
+        else:
+            batch.extend(part, model.config)
+    assert batch is not None
+    return batch
 
 
 def _prefill(

@@ -279,7 +279,7 @@ async def test_continuous_batching_keeps_concurrent_results_and_the_token_budget
     questions = ["hi", "a much longer message " * 3, "yo", "what is 6*7?"]
     plain = HFPolicy(model, tok, max_new_tokens=8, kv_reuse=False)
     expected = [await plain.generate([user(q)], [], deadline=virtual()) for q in questions]
-    monkeypatch.setattr(hf, "MAX_BATCH_TOKENS", 150)  # about two prompts at a time
+    monkeypatch.setattr(hf, "MAX_BATCH_TOKENS", 40)  # x REUSE_BATCH_FACTOR: about two prompts
     policy = HFPolicy(model, tok, max_new_tokens=8, continuous_batching=True, batch_window_s=0.05)
     out = await asyncio.gather(
         *(policy.generate([user(q)], [], deadline=virtual()) for q in questions)
@@ -323,3 +323,24 @@ async def test_embedded_model_greedy_turns_match_the_plain_loop():
         plain, questions, "Are you sure?"
     )
     assert reuse.stats.processed_tokens < plain.stats.processed_tokens / 2
+
+
+async def test_a_long_prefill_runs_in_bounded_parts_with_the_same_rows(model, tok, monkeypatch):
+    from timely.policies import hf_cached
+
+    questions = ["hi", "a much longer message " * 6, "yo", "what is 6*7?"]
+    whole = HFPolicy(model, tok, max_new_tokens=6, kv_cache_tokens=0)
+    expected = await whole.generate_batch([([user(q)], [], virtual()) for q in questions])
+    monkeypatch.setattr(hf_cached, "MAX_PREFILL_SCORES", 100 * 100)
+    forwards: list[int] = []
+    real = hf_cached._prefill
+
+    def spy(model, prompts, *args):
+        forwards.append(len(prompts))
+        return real(model, prompts, *args)
+
+    monkeypatch.setattr(hf_cached, "_prefill", spy)
+    parts = HFPolicy(model, tok, max_new_tokens=6, kv_cache_tokens=0)
+    out = await parts.generate_batch([([user(q)], [], virtual()) for q in questions])
+    assert [o.token_ids for o in out] == [e.token_ids for e in expected]
+    assert len(forwards) > 1 and sum(forwards) == len(questions)
