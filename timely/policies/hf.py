@@ -42,7 +42,7 @@ from timely.errors import ConfigError, PolicyError
 from timely.parsing import parse_tool_calls
 from timely.policies.base import Deadline, check_options, register_backend, register_check
 from timely.policies.batching import ContinuousBatcher, Feed, MicroBatcher, Pending
-from timely.policies.hf_cached import DecodeSession, Row
+from timely.policies.hf_cached import DecodeSession, Row, run_feed
 from timely.policies.hf_generate import GeneratedRow, generate_rows
 from timely.policies.hf_models import EMBEDDED_MODEL, load_model, resolve_model
 from timely.policies.kv_cache import (
@@ -296,15 +296,21 @@ class HFPolicy:
         return [r for r in rows if r is not None]
 
     def _run_continuous(self, feed: Feed[_Request, GeneratedRow]) -> None:
-        """Blocking: decode while requests keep arriving (a continuous batcher's run).
-
-        Between steps, queued requests join while the batch stays within ``max_batch_size``
-        rows and :data:`MAX_BATCH_TOKENS` padded tokens (a request alone always runs); each
-        row's result goes to its caller as soon as it ends.
-        """
+        """Blocking: decode while requests keep arriving (a continuous batcher's run), within
+        ``max_batch_size`` rows and ``REUSE_BATCH_FACTOR x MAX_BATCH_TOKENS`` padded tokens."""
         import torch
 
-        limit = self._batcher.max_batch_size
+        def row_of(item: Pending[_Request, GeneratedRow]) -> Row:
+            self._request_counter += 1
+            request = item.request
+            return Row(
+                request.prompt_ids,
+                cap=request.cap,
+                wall_end=request.wall_end,
+                abandoned=lambda: item.abandoned,
+                seed=derive_seed(self.seed, "hf-request", self._request_counter),
+            )
+
         with self._lock:
             bf16 = self.precision == "bf16"
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -317,40 +323,14 @@ class HFPolicy:
                     store=self.kv_store,
                     stats=self.stats,
                 )
-                owners: dict[int, Pending[_Request, GeneratedRow]] = {}
-                while True:
-                    widest = [session.width]
-
-                    def fits(request: _Request, taken: int, widest: list[int] = widest) -> bool:
-                        rows = len(session.rows) + taken + 1
-                        width = max(widest[0], len(request.prompt_ids))
-                        alone = rows == 1
-                        budget = MAX_BATCH_TOKENS * REUSE_BATCH_FACTOR
-                        if not alone and (rows > limit or rows * width > budget):
-                            return False
-                        widest[0] = width
-                        return True
-
-                    rows = []
-                    for item in feed.take(fits):
-                        self._request_counter += 1
-                        request = item.request
-                        row = Row(
-                            request.prompt_ids,
-                            cap=request.cap,
-                            wall_end=request.wall_end,
-                            abandoned=lambda item=item: item.abandoned,
-                            seed=derive_seed(self.seed, "hf-request", self._request_counter),
-                        )
-                        owners[id(row)] = item
-                        rows.append(row)
-                    session.admit(rows)
-                    if not session.rows:
-                        return
-                    for row in session.step():
-                        result = row.result()
-                        result.ended = wall_seconds()
-                        feed.answer(owners.pop(id(row)), result)
+                run_feed(
+                    session,
+                    feed,
+                    row_of,
+                    lambda request: len(request.prompt_ids),
+                    max_rows=self._batcher.max_batch_size,
+                    max_tokens=MAX_BATCH_TOKENS * REUSE_BATCH_FACTOR,
+                )
 
     def _count_plain(self, prompts: list[list[int]], rows: list[GeneratedRow]) -> None:
         """Count a plain call's work: every row prefilled at the batch's width, then one

@@ -26,13 +26,14 @@ so a row's tokens do not depend on which other rows are still decoding beside it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from timely.clock import wall_seconds
 from timely.errors import PolicyError
+from timely.policies.batching import Feed, Pending
 from timely.policies.hf_generate import GeneratedRow
 from timely.policies.kv_cache import (
     GenerationStats,
@@ -46,6 +47,8 @@ from timely.policies.kv_cache import (
 )
 from timely.policies.logprobs import accepts_logits_to_keep, sample_next
 from timely.rng import derive_seed
+
+R = TypeVar("R")  # a queued request
 
 # Most attention scores (rows x new tokens x batch width) of one prefill forward: the old bound
 # (MAX_BATCH_TOKENS padded prompt tokens, 8 rows of a 2k-token game) at full prefill. With reuse
@@ -263,6 +266,54 @@ class DecodeSession:
             batch.logits = out.logits[:, -1, :]
             batch.next_position = batch.next_position + 1
         return done
+
+
+def run_feed(
+    session: DecodeSession,
+    feed: Feed[R, GeneratedRow],
+    row_of: Callable[[Pending[R, GeneratedRow]], Row],
+    prompt_length: Callable[[R], int],
+    *,
+    max_rows: int,
+    max_tokens: int,
+) -> None:
+    """Continuous batching: decode while requests keep arriving, answering each as it ends.
+
+    Between steps, queued requests join while the batch stays within ``max_rows`` rows and
+    ``max_tokens`` padded tokens (rows x widest; a request alone always runs).
+
+    Args:
+        session: the (empty) decode session.
+        feed: the continuous batcher's queue.
+        row_of: makes a queued request's :class:`Row` (limits, seed, abandoned flag).
+        prompt_length: a queued request's prompt length (to check that it fits).
+        max_rows: most rows decoding at once.
+        max_tokens: most padded tokens in the batch.
+    """
+    owners: dict[int, Pending[R, GeneratedRow]] = {}
+    while True:
+        widest = [session.width]
+
+        def fits(request: R, taken: int, widest: list[int] = widest) -> bool:
+            rows = len(session.rows) + taken + 1
+            width = max(widest[0], prompt_length(request))
+            if rows > 1 and (rows > max_rows or rows * width > max_tokens):
+                return False
+            widest[0] = width
+            return True
+
+        rows = []
+        for item in feed.take(fits):
+            row = row_of(item)
+            owners[id(row)] = item
+            rows.append(row)
+        session.admit(rows)
+        if not session.rows:
+            return
+        for row in session.step():
+            result = row.result()
+            result.ended = wall_seconds()
+            feed.answer(owners.pop(id(row)), result)
 
 
 def generate_cached(
