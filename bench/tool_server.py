@@ -396,9 +396,16 @@ async def main(quick: bool) -> None:
             f"   {e['calls']} calls in {e['total_s']:.1f} s ({e['overall']:.0f} calls/s overall, "
             f"ramp-up and drain included), {e['failures']} failed"
         )
+        busiest = max(e["server_cpu"], e["client_cpu"])
+        verdict = (
+            "neither got a whole core: the machine is busy with other work"
+            if busiest < 0.8
+            else f"the {'server' if busiest == e['server_cpu'] else 'load generator'} is the "
+            "bottleneck"
+        )
         print(
             f"   CPU busy: server {e['server_cpu']:.0%} of a core, load generator (ToolClient) "
-            f"{e['client_cpu']:.0%}: the one near 100% is the bottleneck"
+            f"{e['client_cpu']:.0%}: {verdict}"
         )
         print()
         await asyncio.sleep(0.5)

@@ -46,11 +46,13 @@ _DEADLINE = b"x-timely-deadline-s"
 _JSON = (b"content-type", b"application/json")
 
 
+# Starlette's JSONResponse settings; one encoder, as json.dumps builds one per call with them.
+JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def json_bytes(value: Any) -> bytes:
     """``value`` encoded exactly as Starlette's ``JSONResponse`` encodes a body."""
-    return json.dumps(
-        value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
+    return JSON_ENCODER.encode(value).encode("utf-8")
 
 
 class ToolCallEndpoint:

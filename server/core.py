@@ -38,6 +38,8 @@ from tools.base import ToolContext, ToolInputError
 log = logging.getLogger("timely.server")
 
 _WALL = WallClock()
+# A result's JSON as the HTTP answer carries it (Starlette's settings), one encoder for all calls.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class ClientGone(Exception):
@@ -400,9 +402,7 @@ async def _run_handler(
                 if inspect.isawaitable(result):
                     result = await result
                 # Fail here, not while sending: no NaN, no unpaired surrogates.
-                encoded = json.dumps(
-                    result, allow_nan=False, ensure_ascii=False, separators=(",", ":")
-                )
+                encoded = _JSON.encode(result)
                 encoded.encode("utf-8")
             except ToolInputError as exc:
                 result, encoded, error = None, "null", _err("tool_input_error", str(exc))
