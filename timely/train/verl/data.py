@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from timely.continuous_tokens import with_template_kwargs
 from timely.errors import ConfigError
 from timely.prompting import prompt_token_ids
 from timely.rng import derive_seed
@@ -48,8 +49,11 @@ async def export_split(
     rl = config.rl
     rng = np.random.default_rng(derive_seed(rl.seed, "verl-data", split))
     rows: list[dict[str, Any]] = []
+    # Count the prompt as rollouts render it (e.g. Qwen3's empty think block), so a prompt that
+    # passes export is never refused at rollout.
+    rendering = with_template_kwargs(tokenizer, config.verl.chat_template_kwargs)
     async with Runtime(seed=rl.seed) as runtime:
-        calibrate = tokenized_calibrator(runtime, rl.speed, tokenizer, rl.calibration)
+        calibrate = tokenized_calibrator(runtime, rl.speed, rendering, rl.calibration)
         for i in range(n_rows):
             task_id = rl.tasks[i % len(rl.tasks)]
             options = rl.task_options.get(task_id, {})
@@ -74,7 +78,7 @@ async def export_split(
                 **draw,  # type: ignore[arg-type]
             )
             messages, tools = await first_prompt(runtime, task, setting, rl)
-            n_tokens = len(prompt_token_ids(tokenizer, messages, tools))
+            n_tokens = len(prompt_token_ids(rendering, messages, tools))
             if n_tokens > config.verl.prompt_length:
                 raise ConfigError(
                     f"{task_id} seed {task.spec.seed}: the first prompt is {n_tokens} tokens "

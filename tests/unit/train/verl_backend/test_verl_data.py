@@ -84,3 +84,31 @@ def test_parquet_files_read_back_with_datasets(tok, tmp_path):
     task, _ = row_task(row["extra_info"])  # what the agent loop gets back from verl
     assert task.id == "math/arithmetic-v1"
     assert progress[-1] == ("test", 3, 3) and ("train", 6, 6) in progress
+
+
+async def test_prompt_tokens_are_counted_with_the_chat_template_kwargs(tok):
+    """A rollout renders with ``verl.chat_template_kwargs`` (e.g. Qwen3's enable_thinking), so
+    the export counts the prompt the same way: what passes export is never refused later."""
+    seen: list[dict] = []
+
+    class Recording:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def apply_chat_template(self, *args, **kwargs):
+            seen.append(kwargs)
+            return self._inner.apply_chat_template(*args, **kwargs)
+
+        def __call__(self, *args, **kwargs):
+            return self._inner(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    config = small_config()
+    config = config.model_copy(
+        update={"verl": config.verl.model_copy(update={"chat_template_kwargs": {"flag": 1}})}
+    )
+    await export_split(config, Recording(tok), "train", 1)
+    prompts = [call for call in seen if call.get("add_generation_prompt")]
+    assert prompts and all(call.get("flag") == 1 for call in prompts)
