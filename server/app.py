@@ -141,6 +141,15 @@ class ToolServerApp(FastAPI):
 
     tool_calls: ASGIApp | None = None
 
+    def add_middleware(self, middleware_class: Any, *args: Any, **kwargs: Any) -> None:
+        """Add middleware; one added after :func:`create_app` also sees the tool calls.
+
+        The direct dispatch only knows the server's own layers, so it stops, and tool calls take
+        the route (through every middleware) again.
+        """
+        super().add_middleware(middleware_class, *args, **kwargs)
+        self.tool_calls = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         calls = self.tool_calls
         if (

@@ -82,7 +82,7 @@ async def test_the_hot_path_answers_as_the_fastapi_route_does():
 
 async def test_a_root_path_takes_the_route_and_still_calls_the_tool():
     app = create_app(ServerConfig())
-    assert isinstance(app, ToolServerApp)
+    assert isinstance(app, ToolServerApp) and app.tool_calls is not None  # dispatch is on
     transport = httpx2.ASGITransport(app=app, root_path="/prefix")
     async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.post("/prefix/tools/echo", json={"arguments": {"text": "hi"}})
@@ -103,3 +103,23 @@ async def test_other_requests_under_tools_keep_fastapi_answers(method, path, sta
     assert response.status_code == status
     if status != 307:
         assert response.json()["error"]["type"] in ("method_not_allowed", "not_found")
+
+
+async def test_middleware_added_later_sees_tool_calls_too():
+    seen = []
+
+    class Spy:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.app(scope, receive, send)
+
+    app = create_app(ServerConfig())
+    app.add_middleware(Spy)
+    async with client_for(app) as client:
+        response = await client.post("/tools/echo", json={"arguments": {"text": "hi"}})
+    assert response.status_code == 200 and response.json()["result"] == "hi"
+    assert seen == ["/tools/echo"]
