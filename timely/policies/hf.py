@@ -393,7 +393,7 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 # and was OOM-killed in an RL rollout; at this bound a 2k-token game batch still runs 8 wide.
 MAX_BATCH_TOKENS = 16384
 # With reuse a batch may hold this many times more padded tokens: its prefill is split by
-# attention size (hf_cached.MAX_PREFILL_SCORES) and its decode holds only keys and values
+# attention size (kv_prefill.MAX_PREFILL_SCORES) and its decode holds only keys and values
 # (SmolLM2-135M: 4 x 16384 tokens is about 3 GB in fp32).
 REUSE_BATCH_FACTOR = 4
 

@@ -326,20 +326,20 @@ async def test_embedded_model_greedy_turns_match_the_plain_loop():
 
 
 async def test_a_long_prefill_runs_in_bounded_parts_with_the_same_rows(model, tok, monkeypatch):
-    from timely.policies import hf_cached
+    from timely.policies import kv_prefill
 
     questions = ["hi", "a much longer message " * 6, "yo", "what is 6*7?"]
     whole = HFPolicy(model, tok, max_new_tokens=6, kv_cache_tokens=0)
     expected = await whole.generate_batch([([user(q)], [], virtual()) for q in questions])
-    monkeypatch.setattr(hf_cached, "MAX_PREFILL_SCORES", 100 * 100)
+    monkeypatch.setattr(kv_prefill, "MAX_PREFILL_SCORES", 100 * 100)
     forwards: list[int] = []
-    real = hf_cached._prefill
+    real = kv_prefill._prefill
 
     def spy(model, prompts, *args):
         forwards.append(len(prompts))
         return real(model, prompts, *args)
 
-    monkeypatch.setattr(hf_cached, "_prefill", spy)
+    monkeypatch.setattr(kv_prefill, "_prefill", spy)
     parts = HFPolicy(model, tok, max_new_tokens=6, kv_cache_tokens=0)
     out = await parts.generate_batch([([user(q)], [], virtual()) for q in questions])
     assert [o.token_ids for o in out] == [e.token_ids for e in expected]
