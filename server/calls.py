@@ -68,19 +68,21 @@ class ToolCallEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await self._call(scope, receive, send)
+            status, body, headers = await self._call(scope, receive)
         except ApiError as exc:
             await exc.response()(scope, receive, send)
-        except Exception as exc:
-            # The same answer as the app's error handler; the response has not started (it
-            # is sent last, in one piece).
+            return
+        except Exception as exc:  # the same answer as the app's error handler gives
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             response = error_response(
                 500, "internal_error", f"the tool server failed: {type(exc).__name__}"
             )
             await response(scope, receive, send)
+            return
+        await _send(send, status, body, headers)
 
-    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _call(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+        """Run the call: (status, body, headers) to answer; ApiError for an error answer."""
         started = wall_seconds()
         server = self.server
         name = scope["path_params"]["name"]
@@ -118,8 +120,7 @@ class ToolCallEndpoint:
             raise
         except ClientGone:
             fields["cancelled"] = True
-            await _send(send, 499, b"", {})  # nobody reads it; uvicorn drops it
-            return
+            return 499, b"", {}  # nobody reads it; uvicorn drops it
         fields.update(
             latency_s=outcome.latency_s,
             service_s=outcome.service_s,
@@ -127,7 +128,7 @@ class ToolCallEndpoint:
             fault=outcome.fault,
         )
         headers = {**outcome.headers, "Server-Timing": _server_timing(outcome, started)}
-        await _send(send, outcome.status, _body(outcome), headers)
+        return outcome.status, _body(outcome), headers
 
 
 def _timely_headers(raw: list[tuple[bytes, bytes]]) -> Any:

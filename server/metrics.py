@@ -155,7 +155,14 @@ _BOUNDS = (*_BUCKETS, math.inf)
 
 
 class _LoopMetric(Collector):
-    """A labelled metric updated from the event loop only, collected like the library's own."""
+    """A labelled metric updated from the event loop only, collected like the library's own.
+
+    Args:
+        name: the metric name (a counter's without ``_total``, as ``prometheus_client`` takes it).
+        documentation: the HELP text.
+        labelnames: the label names, in the order ``labels()`` takes their values.
+        registry: the registry to register with.
+    """
 
     kind = ""
 

@@ -123,3 +123,19 @@ async def test_middleware_added_later_sees_tool_calls_too():
         response = await client.post("/tools/echo", json={"arguments": {"text": "hi"}})
     assert response.status_code == 200 and response.json()["result"] == "hi"
     assert seen == ["/tools/echo"]
+
+
+async def test_a_server_bug_on_the_hot_path_is_a_json_500(monkeypatch):
+    app = create_app(ServerConfig())
+
+    def broken(tooldef, arguments):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(app.state.tool_server, "check_arguments", broken)
+    async with client_for(app) as client:
+        response = await client.post("/tools/echo", json={"arguments": {"text": "hi"}})
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "type": "internal_error",
+        "message": "the tool server failed: RuntimeError",
+    }
