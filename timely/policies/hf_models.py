@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -130,6 +131,31 @@ def load_model(
             base, tokenizer = _loaded[key]
             _loaded[adapted] = (merge_adapter(base, adapter), tokenizer)
         return _loaded[adapted]
+
+
+@functools.cache
+def local_generation_config(path: str) -> Any:
+    """A model's generation config (its EOS ids end a turn) from a local directory or the hub
+    cache; None where there is none. Never downloads: callers (verl's rollout workers, one call
+    per rollout) must not wait on the network.
+
+    Args:
+        path: a model directory or a hub id whose files may be in the local hub cache.
+    """
+    from transformers import GenerationConfig
+
+    where = Path(path)
+    if not where.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "generation_config.json")
+        if not isinstance(cached, str):
+            return None
+        where = Path(cached).parent
+    try:
+        return GenerationConfig.from_pretrained(where)
+    except OSError:  # no generation_config.json: the tokenizer's EOS rule alone
+        return None
 
 
 def shipped_adapter_path(name: str) -> Path:

@@ -32,6 +32,7 @@ from verl.experimental.agent_loop.agent_loop import (
     AgentLoopOutput,
 )
 
+from timely.policies.hf_models import local_generation_config
 from timely.toolclient import ToolClient
 from timely.train.verl.failures import worker_failures
 from timely.train.verl.rollout import AgentSettings, play_row
@@ -46,27 +47,6 @@ def load_settings(path: str) -> AgentSettings:
 # One HTTP client per (event loop, URL): verl builds an agent loop per rollout, and a client per
 # rollout would open a connection pool per episode.
 _clients: dict[tuple[int, str], ToolClient] = {}
-
-
-@functools.cache
-def generation_config(path: str) -> Any:
-    """The model's generation config (its EOS ids end a turn), from a local directory or the
-    hub cache verl filled; None where there is none. Never downloads: a worker per rollout
-    would wait on the network."""
-    from transformers import GenerationConfig
-
-    where = Path(path)
-    if not where.is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(path, "generation_config.json")
-        if not isinstance(cached, str):
-            return None
-        where = Path(cached).parent
-    try:
-        return GenerationConfig.from_pretrained(where)
-    except OSError:  # no generation_config.json: the tokenizer's EOS rule alone
-        return None
 
 
 async def tool_client(url: str) -> ToolClient:
@@ -109,7 +89,9 @@ class TimelyAgentLoop(AgentLoopBase):
             response_length=self.rollout_config.response_length,
             global_steps=None if steps is None else int(steps),
             chat_template_kwargs=_plain(self.apply_chat_template_kwargs),
-            generation_config=generation_config(str(self.config.actor_rollout_ref.model.path)),
+            generation_config=local_generation_config(
+                str(self.config.actor_rollout_ref.model.path)
+            ),
         )
         out.extra_fields["timely_failed_group_share"] = self.failures.share
         return AgentLoopOutput(
