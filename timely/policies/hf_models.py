@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -44,6 +45,9 @@ SHIPPED_ADAPTERS: dict[str, tuple[str, str]] = {
     "smollm2-135m-timely": (EMBEDDED_MODEL, "smollm2-135m-timely"),
 }
 _ADAPTER_ROOT = Path(__file__).resolve().parent.parent / "adapters"
+# The sha256 record beside an adapter's files (sha256sum's format), and what it covers.
+ADAPTER_HASH_FILE = "SHA256SUMS"
+ADAPTER_HASHED_FILES = ("adapter_model.safetensors", "adapter_config.json")
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SOURCE_FILE = "timely-source.json"  # what the cached copy was built from
 
@@ -111,6 +115,9 @@ def load_model(
             raise PolicyError(f"{name_or_path} already carries its adapter; pass the base model")
         name_or_path, shipped = SHIPPED_ADAPTERS[name_or_path]
         adapter = shipped_adapter_path(shipped)
+        verify_adapter(adapter, required=True)
+    elif adapter is not None:
+        verify_adapter(adapter, required=False)
     key = name_or_path if name_or_path == EMBEDDED_MODEL else str(Path(name_or_path).expanduser())
     local_only = False if name_or_path == EMBEDDED_MODEL else resolve_model(name_or_path) == "cache"
     with _load_lock:
@@ -172,6 +179,83 @@ def shipped_adapter_path(name: str) -> Path:
             "`timely-rl ship RUN_DIR`"
         )
     return path
+
+
+def adapter_hashes(path: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` of an adapter directory's weights and config (those present)."""
+    out: dict[str, str] = {}
+    for name in ADAPTER_HASHED_FILES:
+        target = Path(path) / name
+        if target.is_file():
+            digest = hashlib.sha256()
+            with target.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            out[name] = digest.hexdigest()
+    return out
+
+
+def write_adapter_hashes(path: str | Path) -> Path:
+    """Record the sha256 of ``path``'s weights and config in ``path/SHA256SUMS``.
+
+    The format is ``sha256sum``'s, so ``sha256sum -c SHA256SUMS`` checks it without Python.
+    ``timely-rl ship`` and every trained adapter's save call this; loading checks it
+    (:func:`verify_adapter`).
+
+    Raises:
+        PolicyError: the directory holds no adapter weights to hash.
+    """
+    hashes = adapter_hashes(path)
+    if "adapter_model.safetensors" not in hashes:
+        raise PolicyError(f"{path} holds no adapter_model.safetensors to hash")
+    target = Path(path) / ADAPTER_HASH_FILE
+    target.write_text("".join(f"{h}  {name}\n" for name, h in sorted(hashes.items())))
+    return target
+
+
+def verify_adapter(path: str | Path, *, required: bool) -> None:
+    """Refuse an adapter whose files do not match the sha256 recorded beside them.
+
+    A shipped adapter (loaded by name, ``hf:smollm2-135m-timely``) must carry its hash file:
+    a silently truncated or edited weight file would otherwise evaluate as a different model
+    under the shipped name. An adapter directory passed explicitly is checked where it has a
+    hash file and loaded as it is where it has none (a run from before hashes were recorded, or
+    weights edited on purpose: delete the hash file to say so).
+
+    Args:
+        path: the adapter directory.
+        required: whether a missing hash file is an error (shipped adapters) or a warning.
+
+    Raises:
+        PolicyError: a file does not match its recorded hash, a recorded file is missing, or
+            (``required``) there is no hash file.
+    """
+    where = Path(path)
+    record = where / ADAPTER_HASH_FILE
+    fix = (
+        "re-ship it from its training run with `timely-rl ship RUN_DIR` (which writes the "
+        f"hashes), or, if the change is intended, delete {record.name} and pass the directory "
+        "explicitly (adapter=DIR / hf:BASE with adapter) to load it unchecked"
+    )
+    if not record.is_file():
+        if required:
+            raise PolicyError(f"the adapter at {where} has no {ADAPTER_HASH_FILE}; {fix}")
+        log.warning("adapter %s has no %s: loading it unchecked", where, ADAPTER_HASH_FILE)
+        return
+    expected: dict[str, str] = {}
+    for line in record.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if digest and name:
+            expected[name.lstrip("*")] = digest.lower()
+    actual = adapter_hashes(where)
+    bad = [n for n in sorted(expected) if actual.get(n) != expected[n]]
+    if "adapter_model.safetensors" not in expected:
+        bad.append(f"{ADAPTER_HASH_FILE} (records no adapter_model.safetensors)")
+    if bad:
+        raise PolicyError(
+            f"the adapter at {where} does not match its recorded sha256 ({', '.join(bad)}: "
+            f"tampered, truncated or missing); {fix}"
+        )
 
 
 def merge_adapter(base: Any, adapter: str | Path) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from timely.errors import ConfigError
+from timely.policies.hf_models import verify_adapter, write_adapter_hashes
 from timely.rng import derive_seed
 from timely.train.config import LoraSettings
 
@@ -52,12 +53,21 @@ def load_trainable(
 
 
 def check_adapter_dir(init: str | None) -> None:
-    """Raise unless ``init`` is None or a peft adapter directory."""
-    if init is not None and not (Path(init) / "adapter_config.json").is_file():
+    """Raise unless ``init`` is None or a peft adapter directory whose files match their
+    recorded sha256 (where recorded: see :func:`timely.policies.hf_models.verify_adapter`).
+
+    Raises:
+        ConfigError: not an adapter directory.
+        PolicyError: a file does not match its recorded hash.
+    """
+    if init is None:
+        return
+    if not (Path(init) / "adapter_config.json").is_file():
         raise ConfigError(
             f"init={init!r} is not a peft adapter directory (no adapter_config.json); pass the "
             "SFT stage's adapter, or a full model directory as base_model with init=None"
         )
+    verify_adapter(init, required=False)
 
 
 @contextlib.contextmanager
@@ -81,6 +91,7 @@ def save_adapter(model: Any, target: Path, base_model: str) -> Path:
     model.peft_config["default"].base_model_name_or_path = base_model
     # save_embedding_layers=False: peft would otherwise look the base up on the hub.
     model.save_pretrained(str(tmp), selected_adapters=["default"], save_embedding_layers=False)
+    write_adapter_hashes(tmp)  # the run records what it trained; loading checks it
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

@@ -2,7 +2,9 @@
 
 The adapter is stored in float16 (half the size; LoRA updates lose nothing that matters at this
 scale) under ``timely/adapters/NAME/`` with peft's ``adapter_config.json`` and a short card
-saying where it came from. :func:`timely.policies.hf_models.load_model` merges it into a copy of
+saying where it came from, and ``SHA256SUMS`` (the sha256 of the weights and config) which
+loading checks, so a truncated or edited file is refused instead of evaluated under the name.
+:func:`timely.policies.hf_models.load_model` merges it into a copy of
 the embedded base model when the policy is built.
 """
 
@@ -12,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from timely.policies.hf_models import _ADAPTER_ROOT
+from timely.policies.hf_models import _ADAPTER_ROOT, write_adapter_hashes
 
 
 def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None) -> Path:
@@ -37,6 +39,8 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
     tensors = {k: v.half().contiguous() for k, v in load_file(str(weights)).items()}
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     shutil.copyfile(src / "adapter_config.json", tmp / "adapter_config.json")
+    # The sha256 of what ships, checked whenever the adapter is loaded by name.
+    hashes = write_adapter_hashes(tmp)
     # The run-relative name only: an absolute path would record the training machine's layout.
     source = f"{src.parent.name}/{src.name}"
     provenance = {"source": source, "tensors": len(tensors), "dtype": "float16"}
@@ -48,7 +52,8 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
         f"# {name}\n\nA LoRA adapter for the embedded SmolLM2-135M-Instruct, trained with "
         "`timely-rl` (cold-start SFT on time-aware expert trajectories, then Timely-RL with "
         "the budget-aware reward). Use it as policy `hf:" + name + "`. The training run's "
-        "config and manifest are in `training-*`; docs/results.md has its evaluation.\n\n"
+        "config and manifest are in `training-*`; docs/results.md has its evaluation. "
+        f"`{hashes.name}` holds the sha256 of the weights and config; loading checks it.\n\n"
         f"```json\n{json.dumps(provenance, indent=1)}\n```\n"
     )
     shutil.rmtree(dest, ignore_errors=True)
