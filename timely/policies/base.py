@@ -115,6 +115,11 @@ _BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
         "timely.policies.openai_http",
         "OpenAI-compatible chat completions (vLLM, any API): openai:MODEL --base-url URL",
     ),
+    "tracker": (
+        "timely.policies.tracker",
+        "budget-tracker prompt around any policy (the time left restated before every turn): "
+        "tracker:hf:smollm2-135m, tracker:scripted:oracle",
+    ),
 }
 
 
