@@ -132,7 +132,7 @@ class DecodeSession:
             if self.batch is None:
                 self.batch = batch
             else:
-                self.batch.extend(batch, self.model.config)
+                self.batch.extend(batch)
         for row in rows:
             if self.temperature > 0:
                 row.generator = torch.Generator(device=self.device)

@@ -187,11 +187,82 @@ def supports_reuse(model: Any) -> bool:
     return all(t == "full_attention" for t in layer_types)
 
 
-def cache_from_layers(layers: Layers, config: Any = None) -> Any:
-    """A transformers ``DynamicCache`` holding ``[batch, kv_heads, width, head_dim]`` tensors."""
-    from transformers import DynamicCache
+def cache_from_layers(layers: Layers, n_layers: int) -> Any:
+    """A ``DynamicCache`` of growing layers holding ``[batch, kv_heads, width, head_dim]`` tensors
+    (``layers`` may be empty: the prefill fills them)."""
+    from transformers.cache_utils import Cache, DynamicCache
 
-    return DynamicCache(ddp_cache_data=layers, config=config)
+    cache = DynamicCache.__new__(DynamicCache)  # its __init__ would make plain layers
+    Cache.__init__(cache, layers=[growing_layer() for _ in range(n_layers)])
+    for layer, (keys, values) in zip(cache.layers, layers, strict=False):
+        layer.update(keys, values)
+    return cache
+
+
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class _GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values live in a buffer with spare columns.
+
+        ``DynamicLayer`` concatenates on every update, copying the whole cache once per decode
+        step: at 8 rows x 3k tokens about 4 ms per layer, as much as the attention itself. Here
+        a step writes its column in place; the buffer grows by a quarter when full. Whoever
+        replaces ``keys``/``values`` (dropping rows) gets a fresh buffer at the next update.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._buffer: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length, n = self.get_seq_length(), key_states.shape[-2]
+            buffer = self._buffer
+            if (
+                buffer is None
+                or self.keys.data_ptr() != buffer[0].data_ptr()
+                or buffer[0].shape[0] != key_states.shape[0]
+                or buffer[0].dtype != key_states.dtype
+                or length + n > buffer[0].shape[-2]
+            ):
+                capacity = length + n + max(64, (length + n) // 4)
+                buffer = (
+                    _grown(self.keys, key_states, length, capacity),
+                    _grown(self.values, value_states, length, capacity),
+                )
+                self._buffer = buffer
+            keys, values = buffer
+            keys[:, :, length : length + n] = key_states
+            values[:, :, length : length + n] = value_states
+            self.keys, self.values = keys[:, :, : length + n], values[:, :, : length + n]
+            return self.keys, self.values
+
+    return _GrowingLayer
+
+
+def _grown(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+    """A ``capacity``-column buffer shaped like ``new`` holding ``old``'s first ``length``."""
+    shape = list(new.shape)
+    shape[-2] = capacity
+    buffer = new.new_empty(shape)
+    if length:
+        buffer[:, :, :length] = old[:, :, :length]
+    return buffer
+
+
+def growing_layer() -> Any:
+    """A new growing cache layer (its class is made on first use: transformers loads lazily)."""
+    global _GROWING_LAYER
+    if _GROWING_LAYER is None:
+        _GROWING_LAYER = _growing_layer_class()
+    return _GROWING_LAYER()
+
+
+_GROWING_LAYER: type | None = None
 
 
 def cache_layers(cache: Any) -> Layers:

@@ -54,7 +54,7 @@ class Batch:
         self.next_position = self.next_position[rows]
         self.logits = self.logits[rows]
 
-    def extend(self, other: Batch, config: Any) -> None:
+    def extend(self, other: Batch) -> None:
         """Append ``other``'s rows below these, both right-aligned to the wider of the two."""
         width = max(self.mask.shape[1], other.mask.shape[1])
         layers = []
@@ -62,7 +62,7 @@ class Batch:
             cache_layers(self.cache), cache_layers(other.cache), strict=True
         ):
             layers.append((_cat_right(k1, k2, width), _cat_right(v1, v2, width)))
-        self.cache = cache_from_layers(layers, config)
+        self.cache = cache_from_layers(layers, len(layers))
         self.mask = _cat_right(self.mask, other.mask, width, dim=1)
         self.next_position = torch.cat([self.next_position, other.next_position])
         self.logits = torch.cat([self.logits, other.logits])
@@ -158,7 +158,7 @@ def prefill_bounded(
         if batch is None:
             batch = part
         else:
-            batch.extend(part, model.config)
+            batch.extend(part)
     assert batch is not None
     return batch
 
@@ -186,7 +186,10 @@ def _prefill(
         mask[i, cmax - r : cmax] = 1
         mask[i, cmax + nmax - len(tokens) :] = 1
         positions[i, nmax - len(tokens) :] = torch.arange(r, r + len(tokens))
-    cache = _cache_segment(hits, cmax, device, model.config) if cmax else None
+    if cmax:
+        cache = _cache_segment(hits, cmax, device)
+    else:
+        cache = cache_from_layers([], model.config.num_hidden_layers)
     input_ids, mask, positions = (t.to(device) for t in (input_ids, mask, positions))
     out = model(
         input_ids=input_ids,
@@ -201,7 +204,7 @@ def _prefill(
     return Batch(out.past_key_values, mask, positions[:, -1:] + 1, out.logits[:, -1, :])
 
 
-def _cache_segment(hits: list[Hit], width: int, device: Any, config: Any) -> Any:
+def _cache_segment(hits: list[Hit], width: int, device: Any) -> Any:
     """A ``DynamicCache`` of ``width`` columns holding each hit's reused prefix, left-padded."""
     reference = next(h.layers for h in hits if h.layers is not None and h.length)
     layers = []
@@ -214,4 +217,4 @@ def _cache_segment(hits: list[Hit], width: int, device: Any, config: Any) -> Any
                 keys[i, :, width - hit.length :] = k[:, : hit.length]
                 values[i, :, width - hit.length :] = v[:, : hit.length]
         layers.append((keys, values))
-    return cache_from_layers(layers, config)
+    return cache_from_layers(layers, len(layers))
