@@ -1,13 +1,16 @@
 """The held-out evaluation of a training run, and the results page it produces.
 
-``timely-rl`` ends with :func:`evaluate_policies`: the base model and every trained adapter
-(SFT, SFT+RL, SFT+RL without the time reward) are played by Timely-Eval's runner on the tasks'
-**test split** at relative budgets (each policy's own calibrated time x 0.75 / 1 / 2, the
-reference protocol) and several tool latencies. The suite it ran is written next to the results
-(``suite.yaml``), so ``timely eval --suite RUN/suite.yaml`` replays it. :func:`write_results`
-turns the run into ``results.md`` with the per-cell table and the paper's Figure-3 view
-(generated tokens and tool calls against the budget multiplier), regenerated from the
-trajectories alone.
+``timely-rl`` ends with :func:`evaluate_policies`: the base model, every trained adapter (SFT,
+SFT+RL, SFT+RL without the time reward; ``EvalStageConfig.adapters`` points rows at other
+adapter directories) and the budget-tracker prompt around base and SFT (``tracker:<spec>``, the
+training-free baseline) are played by Timely-Eval's runner on the tasks' **test split** - issue
+20's protocol: budgets at 0.5 / 0.75 / 1 / 2 x one shared reference (the scripted oracle's time
+on the same instance and latency, with the eval prompt) and x each policy's own time beside it,
+two tool latencies, partial-credit math and treasure. The suite it ran is written next to the
+results (``suite.yaml``), so ``timely eval --suite RUN/suite.yaml`` replays it.
+:func:`write_results` turns the run into ``results.md`` (:mod:`timely_eval.training_report`:
+points, anytime AUC, Figure-3 rank correlations, paired differences, the Targets table) and
+``figure3.png``, regenerated from the trajectories alone.
 """
 
 from __future__ import annotations
@@ -20,20 +23,51 @@ import numpy as np
 import yaml
 from rich.console import Console
 
+from timely.errors import ConfigError
 from timely.runrecord import TRAJECTORIES, read_run
 from timely.train.config import EvalStageConfig
 from timely.types import Trajectory
-from timely_eval.metrics import aggregate, mean_ci, on_time_score
+from timely_eval import training_report as report
+from timely_eval.metrics import on_time_score
 from timely_eval.suite import family_of
 
 RUN = "run"
+TRACKER = "tracker:"
 SUITE_FILE = "suite.yaml"
+
+
+def eval_policies(
+    policies: dict[str, dict[str, Any]], config: EvalStageConfig
+) -> dict[str, dict[str, Any]]:
+    """The rows to play: ``policies`` with ``config.adapters`` applied and the tracker rows.
+
+    Args:
+        policies: label -> ``{"spec": ..., **options}`` (the base and the adapters found).
+        config: ``adapters`` (label -> adapter directory, None drops the row; a new label is
+            the base row's spec with that adapter) and ``tracker_rows``.
+    """
+    rows = {label: dict(p) for label, p in policies.items()}
+    base = rows.get("base")
+    for label, adapter in config.adapters.items():
+        if adapter is None:
+            rows.pop(label, None)
+        elif label in rows:
+            rows[label]["adapter"] = adapter
+        elif base is not None:
+            rows[label] = {**base, "adapter": adapter}
+        else:
+            raise ConfigError(f"eval.adapters names {label!r} but there is no base row to adapt")
+    for label in config.tracker_rows:
+        if label in rows and not rows[label]["spec"].startswith(TRACKER):
+            rows[f"{label}+tracker"] = {**rows[label], "spec": TRACKER + rows[label]["spec"]}
+    return rows
 
 
 def eval_suite(
     policies: dict[str, dict[str, Any]], config: EvalStageConfig, *, speed: str
 ) -> dict[str, Any]:
-    """The suite (as YAML data) that evaluates ``policies`` (label -> spec and options)."""
+    """The suite (as YAML data) that evaluates ``policies`` (label -> spec and options, as
+    :func:`eval_policies` returns them) under ``config``'s protocol."""
     families = sorted({family_of(t) for t in config.tasks})
     entries = []
     for label, p in policies.items():
@@ -41,7 +75,8 @@ def eval_suite(
         entries.append({"spec": p["spec"], "label": label, "options": options, "speed": speed})
     return {
         "name": "timely-rl-eval",
-        "description": "Base model against its trained adapters on held-out test seeds.",
+        "description": "Base model, trained adapters and the budget-tracker prompt on held-out "
+        "test seeds (issue 20's protocol).",
         "tasks": [
             _task_entry(t, config.task_options.get(t, {}), config.task_seeds.get(t))
             for t in config.tasks
@@ -53,10 +88,15 @@ def eval_suite(
         "budgets": {
             "multipliers": {f: list(config.budget_multipliers) for f in families},
             "overrun": "late",  # late answers are recorded (and count as not on time)
+            "reference": config.reference,
+            # The shared reference is charged like the rows it budgets.
+            "reference_policy": f"scripted:oracle@{speed}",
         },
+        # The reference (and each policy's own calibration) is timed with the eval prompt.
+        "calibration": {"time": "default"},
         "clock": "virtual",
-        "episode": {"max_turns": config.max_turns},
-        "concurrency": 16,
+        "episode": {"max_turns": config.max_turns, "speed": speed},
+        "concurrency": config.concurrency,
     }
 
 
@@ -77,8 +117,9 @@ def evaluate_policies(
     """Run the held-out eval of ``policies`` into ``out`` and write ``out/results.md``.
 
     Args:
-        policies: label -> ``{"spec": "hf:...", **options}`` (e.g. ``adapter=DIR``).
-        config: tasks, test seeds per task, budget multipliers, latencies.
+        policies: label -> ``{"spec": "hf:...", **options}`` (e.g. ``adapter=DIR``); the
+            adapters and tracker rows of ``config`` are added (:func:`eval_policies`).
+        config: tasks, test seeds per task, budget multipliers and protocol, latencies.
         out: the eval stage's directory (the Timely-Eval run goes to ``out/run``).
         speed: the speed profile charging generation on the virtual clock.
 
@@ -90,183 +131,72 @@ def evaluate_policies(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     suite_file = out / SUITE_FILE
-    suite_file.write_text(yaml.safe_dump(eval_suite(policies, config, speed=speed)))
+    rows = eval_policies(policies, config)
+    suite_file.write_text(yaml.safe_dump(eval_suite(rows, config, speed=speed)))
     eval_command(Console(stderr=True), suite=str(suite_file), overrides=[], out=str(out / RUN))
-    return write_results(out)
+    return write_results(out, min_points=config.min_points)
 
 
-def write_results(out: str | Path, *, title: str = "Timely-RL on the embedded model") -> Path:
-    """``results.md`` and ``figure3.png`` from the eval run under ``out/run``."""
+def write_results(
+    out: str | Path,
+    *,
+    title: str = "Timely-RL on the embedded model",
+    min_points: int = EvalStageConfig().min_points,
+) -> Path:
+    """``results.md`` and ``figure3.png`` from the eval run under ``out/run``.
+
+    Args:
+        out: the eval stage's directory.
+        title: the page's heading.
+        min_points: episodes wanted per (policy, family, budget) point; thinner points are
+            listed on the page.
+    """
     out = Path(out)
     trajs = read_run(out / RUN) if (out / RUN / TRAJECTORIES).is_file() else []
     if not trajs:
         raise FileNotFoundError(f"no eval trajectories under {out / RUN}; run the eval first")
-    rows = aggregate(trajs, ("policy", "family", "budget", "latency"))
-    overall = aggregate(trajs, ("policy", "family", "budget"))
     figure = out / "figure3.png"
-    plot_figure3(trajs, figure)
+    report.plot_figure3(trajs, figure)
+    thin = report.thin_points(trajs, min_points)
+    rows = sorted({report.label_of(t) for t in trajs}, key=report._row_key)
     lines = [
         f"# {title}",
         "",
-        f"{len(trajs)} test-split episodes on a virtual clock. On-time score: the task score "
-        "of an answer given within the budget, else 0, with its 95% interval. Budgets are "
-        "multiples of each policy's own calibrated time on the same instance.",
+        f"{len(trajs)} test-split episodes on a virtual clock; rows: {', '.join(rows)}. "
+        "On-time score: the task score of an answer given within the budget, else 0, with "
+        "its 95% interval. On-time (slack) counts answers up to the family's slack x T (1.1 "
+        "for math, as the reference release), on-time (strict) only those within T. Anytime "
+        "AUC: the mean height of the on-time score against the budget multiplier; rho: "
+        "Spearman's rank correlation of the mean tool calls (tokens) with the multiplier "
+        "(docs/timely-eval.md). Paired differences pair the same task, seed, latency and "
+        "budget (the same instance for the AUC).",
         "",
-        "## By policy, family and budget (all latencies)",
-        "",
-        *_table(overall, ("policy", "family", "budget")),
-        "",
+        *(
+            [f"Points with fewer than {min_points} episodes: {'; '.join(thin)}.", ""]
+            if thin
+            else []
+        ),
         "## Targets",
         "",
-        *_targets_table(trajs),
+        *report.targets_table(trajs),
         "",
+        *report.protocol_sections(trajs),
         *_training_section(out.parent),
-        "## Generated tokens and tool calls against the budget (Figure 3)",
+        "## Generated tokens, tool calls and on-time score against the budget (Figure 3)",
         "",
         f"![figure 3]({figure.name})",
         "",
         "## Every cell",
         "",
-        *_table(rows, ("policy", "family", "budget", "latency")),
+        *report.points_table(
+            report.point_rows(trajs, ("policy", "family", "budget", "latency")),
+            ("policy", "family", "budget", "latency"),
+        ),
         "",
     ]
     path = out / "results.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def _table(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
-    head = [*keys, "n", "on-time score [95% CI]", "on-time rate", "elapsed s", "budget s"]
-    head += ["tool calls", "gen tokens"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [str(r[k]) for k in keys] + [
-            str(r["n"]),
-            f"{r['score']:.2f} [{r['score_lo']:.2f}, {r['score_hi']:.2f}]",
-            f"{r['compliance']:.0%}",
-            f"{r['mean_elapsed_s']:.1f}",
-            f"{r['mean_budget_s']:.1f}",
-            f"{r['tool_calls']:.1f}",
-            f"{r['gen_tokens']:.0f}",
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-    return out
-
-
-def _multiplier(traj: Trajectory) -> float | None:
-    label = str(traj.metadata.get("budget_label", ""))
-    try:
-        return float(label.lstrip("x").rstrip("x"))
-    except ValueError:
-        return None
-
-
-def plot_figure3(trajs: list[Trajectory], path: Path) -> None:
-    """Generated tokens and tool calls per episode against the budget multiplier, by policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by: dict[str, dict[float, list[Trajectory]]] = defaultdict(lambda: defaultdict(list))
-    for t in trajs:
-        m = _multiplier(t)
-        if m is not None:
-            by[str(t.metadata.get("label", t.policy))][m].append(t)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    metrics = (
-        ("generated tokens", lambda t: sum(s.completion_tokens for s in t.steps)),
-        ("tool calls", lambda t: t.n_tool_calls),
-        ("on-time score", on_time_score),
-    )
-    for ax, (name, fn) in zip(axes, metrics, strict=True):
-        for label, cells in sorted(by.items()):
-            xs = sorted(cells)
-            stats = [mean_ci([float(fn(t)) for t in cells[x]]) for x in xs]
-            ys = [s[0] for s in stats]
-            ax.plot(xs, ys, marker="o", label=label)
-            if name == "on-time score":
-                ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], alpha=0.15)
-        ax.set_xlabel("budget multiplier")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _by_label_and_multiplier(trajs: list[Trajectory]) -> dict[str, dict[float, list[Trajectory]]]:
-    by: dict[str, dict[float, list[Trajectory]]] = defaultdict(lambda: defaultdict(list))
-    for t in trajs:
-        m = _multiplier(t)
-        if m is not None:
-            by[str(t.metadata.get("label", t.policy))][m].append(t)
-    return by
-
-
-def target_checks(trajs: list[Trajectory]) -> list[tuple[str, str, bool]]:
-    """The issue's targets, measured: ``(target, what was measured, met)``; a target whose
-    policies were not evaluated is left out."""
-    by = _by_label_and_multiplier(trajs)
-
-    def rate(label: str, keep: Any) -> float:
-        ts = [t for m, cell in by.get(label, {}).items() if keep(m) for t in cell]
-        return float(np.mean([t.compliant for t in ts])) if ts else float("nan")
-
-    def score(label: str) -> float:
-        ts = [t for cell in by.get(label, {}).values() for t in cell]
-        return float(np.mean([on_time_score(t) for t in ts])) if ts else float("nan")
-
-    checks: list[tuple[str, str, bool]] = []
-    if "rl" in by:
-        high, low = rate("rl", lambda m: m >= 1.0), rate("rl", lambda m: m == 0.75)
-        checks.append(("RL on-time rate >= 95% at budgets >= 1x", f"{high:.0%}", high >= 0.95))
-        checks.append(("RL on-time rate >= 75% at 0.75x", f"{low:.0%}", low >= 0.75))
-    if {"rl", "sft", "base"} <= by.keys():
-        rl, sft, base = score("rl"), score("sft"), score("base")
-        checks.append(
-            (
-                "on-time score RL > SFT > base",
-                f"{rl:.3f} / {sft:.3f} / {base:.3f}",
-                rl > sft > base,
-            )
-        )
-    if {"rl", "rl-notime"} <= by.keys():
-        a, b = rate("rl", lambda m: m == 0.75), rate("rl-notime", lambda m: m == 0.75)
-        checks.append(
-            (
-                "RL beats RL without the time reward on on-time rate at 0.75x",
-                f"{a:.0%} vs {b:.0%}",
-                a > b,
-            )
-        )
-    if "rl" in by and len(by["rl"]) > 1:
-        cells = by["rl"]
-        lo, hi = min(cells), max(cells)
-
-        def mean(m: float, fn: Any) -> float:
-            return float(np.mean([fn(t) for t in cells[m]]))
-
-        tokens = [mean(m, lambda t: sum(s.completion_tokens for s in t.steps)) for m in (lo, hi)]
-        calls = [mean(m, lambda t: t.n_tool_calls) for m in (lo, hi)]
-        grows = tokens[1] > tokens[0] or calls[1] > calls[0]
-        checks.append(
-            (
-                f"RL spends more with more time ({lo:g}x -> {hi:g}x)",
-                f"tokens {tokens[0]:.0f} -> {tokens[1]:.0f}, tool calls {calls[0]:.2f} -> "
-                f"{calls[1]:.2f}",
-                grows,
-            )
-        )
-    return checks
-
-
-def _targets_table(trajs: list[Trajectory]) -> list[str]:
-    rows = ["| target | measured | met |", "|---|---|---|"]
-    for target, measured, met in target_checks(trajs):
-        rows.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
-    return rows
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -274,15 +274,25 @@ class EvalStageConfig(_Frozen):
         description="Test tasks (partial credit: time buys score).",
     )
     task_options: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"games/treasure-v1": {"difficulty": 1}},
+        default_factory=lambda: {
+            "math/chain-v1": {"difficulty": 1},
+            "games/treasure-v1": {"difficulty": 1},
+        },
         description="make_task options per task id: the difficulty the policies were trained "
-        "at (the test split still holds unseen instances).",
+        "at (the test split still holds unseen instances). Level 1 keeps chain (7 steps) and "
+        "treasure (4 moves) inside max_turns with room to spare; chain's default level takes "
+        "15 steps, more than 12 turns.",
     )
-    seeds: int = Field(12, ge=1, description="Test instances per task.")
+    seeds: int = Field(
+        12,
+        ge=1,
+        description="Test instances per task: 12 x 2 latencies = 24 episodes a game point "
+        "(math, two tasks, gets 48).",
+    )
     task_seeds: dict[str, int] = Field(
-        default_factory=lambda: {"math/chain-v1": 6, "math/arithmetic-v1": 6},
-        description="Test instances by task id, overriding seeds (the two math tasks share "
-        "the math family's points: 6 + 6 seeds x 2 latencies = 24 a point).",
+        default_factory=dict,
+        description="Test instances by task id, overriding seeds (a trained model's game "
+        "episode re-reads 1.3k-2.5k-token prompts for up to max_turns turns).",
     )
     min_points: int = Field(
         24,
