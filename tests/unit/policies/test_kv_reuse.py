@@ -344,3 +344,20 @@ async def test_a_long_prefill_runs_in_bounded_parts_with_the_same_rows(model, to
     out = await parts.generate_batch([([user(q)], [], virtual()) for q in questions])
     assert [o.token_ids for o in out] == [e.token_ids for e in expected]
     assert len(forwards) > 1 and sum(forwards) == len(questions)
+
+
+def test_a_growing_cache_writes_in_place_and_survives_replaced_rows():
+    from timely.policies.kv_cache import cache_from_layers, select_rows
+
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).reshape(2, 1, 3, 2)
+    cache = cache_from_layers([(keys, -keys)], 1)
+    layer = cache.layers[0]
+    buffer = layer.keys.data_ptr()
+    step = torch.ones(2, 1, 1, 2)
+    k, v = cache.update(step, -step, 0)
+    assert k.data_ptr() == buffer and k.shape[-2] == 4  # written into the spare columns
+    assert torch.equal(k[:, :, :3], keys) and torch.equal(v[:, :, 3:], -step)
+    select_rows(cache, torch.tensor([1]), start=1)  # a row leaves, a padding column goes
+    k, _ = cache.update(2 * step[:1], -2 * step[:1], 0)
+    assert k.shape == (1, 1, 4, 2)
+    assert torch.equal(k[0, 0], torch.tensor([[8.0, 9.0], [10.0, 11.0], [1.0, 1.0], [2.0, 2.0]]))
