@@ -208,12 +208,15 @@ def results(
     docs: Annotated[
         Path | None, typer.Option(help="Also copy results.md and figure3.png here.")
     ] = None,
+    min_points: Annotated[
+        int, typer.Option(help="Episodes wanted per (policy, family, budget) point.")
+    ] = 24,
 ) -> None:
     """Rewrite ``eval/results.md`` and ``eval/figure3.png`` from the eval's trajectories."""
     from timely.registry import load_object
 
     write = load_object("timely_eval.training:write_results")
-    path = write(run / "eval")
+    path = write(run / "eval", min_points=min_points)
     if docs is not None:
         import shutil
 
