@@ -216,7 +216,11 @@ def results(
     from timely.registry import load_object
 
     write = load_object("timely_eval.training:write_results")
-    path = write(run / "eval", min_points=min_points)
+    try:
+        path = write(run / "eval", min_points=min_points)
+    except FileNotFoundError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
     if docs is not None:
         import shutil
 

@@ -108,3 +108,25 @@ def test_spec_checks_and_help():
     from timely.policies.base import backend_help
 
     assert "tracker" in backend_help()
+
+
+class Counting:
+    """An inner policy with a tokenizer: counts one token per character."""
+
+    name = "counting"
+
+    def count_prompt_tokens(self, messages, tools) -> int:
+        return sum(len(m.content) for m in messages)
+
+    async def generate(self, messages, tools, *, deadline) -> Completion:
+        return Completion(text="done", prompt_tokens=self.count_prompt_tokens(messages, tools))
+
+
+async def test_the_token_cap_counts_the_prompt_the_inner_policy_sees():
+    messages = [Message(role="user", content="Go. You have a time budget of 10 seconds.")]
+    tracker = TrackerPolicy(Counting())
+    seen = await tracker.generate(messages, [], deadline=Deadline(at=10.0, clock=VirtualClock()))
+    assert tracker.count_prompt_tokens(messages, []) == seen.prompt_tokens
+    assert seen.prompt_tokens > Counting().count_prompt_tokens(messages, [])
+    # An inner policy without a tokenizer leaves the estimate to the loop, as unwrapped.
+    assert getattr(make_policy("tracker:scripted:oracle"), "count_prompt_tokens", None) is None
