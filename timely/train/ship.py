@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from timely.policies.hf_models import _ADAPTER_ROOT, write_adapter_hashes
+from timely.policies.hf_models import _ADAPTER_ROOT, verify_adapter, write_adapter_hashes
 
 
 def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None) -> Path:
@@ -22,6 +22,7 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
 
     Raises:
         FileNotFoundError: ``adapter_dir`` holds no peft adapter.
+        PolicyError: its files do not match the sha256 its run recorded.
     """
     from safetensors.torch import load_file, save_file
 
@@ -32,6 +33,7 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
             f"{src} holds no peft adapter (adapter_config.json + adapter_model.safetensors); "
             "train one first: timely-rl --config configs/train/smollm2_cpu.yaml"
         )
+    verify_adapter(src, required=False)  # never ship a run's adapter that no longer matches
     dest = (root or _ADAPTER_ROOT) / name
     tmp = dest.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -119,3 +119,11 @@ def test_save_adapter_records_the_hashes(saved, tmp_path):
     model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir))
     out = save_adapter(model, tmp_path / "trained", str(base_dir))
     verify_adapter(out, required=True)
+
+
+def test_ship_refuses_a_run_adapter_that_no_longer_matches(saved, tmp_path):
+    _, adapter_dir = saved
+    _flip_a_byte(adapter_dir / "adapter_model.safetensors")
+    with pytest.raises(PolicyError, match="sha256"):
+        ship_adapter(adapter_dir, "tiny-timely", root=tmp_path / "shipped")
+    assert not (tmp_path / "shipped" / "tiny-timely").exists()
