@@ -126,6 +126,10 @@ class HFPolicy:
                 f"{temperature}, top_p={top_p}): need max_new_tokens >= 1, temperature >= 0, "
                 "0 < top_p <= 1"
             )
+        if kv_cache_tokens < 0:
+            raise ConfigError(
+                f"kv_cache_tokens must be >= 0 (0: keep nothing), got {kv_cache_tokens}"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens

@@ -238,6 +238,13 @@ def test_stats_reset():
     assert stats == GenerationStats()
 
 
+def test_a_negative_cache_budget_is_a_config_error(model, tok):
+    from timely.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="kv_cache_tokens"):
+        HFPolicy(model, tok, kv_cache_tokens=-1)
+
+
 def test_the_backend_accepts_the_reuse_options():
     from timely.policies.base import check_options
 
