@@ -51,7 +51,7 @@ from timely.policies.kv_cache import (
     KVStore,
     supports_reuse,
 )
-from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format
+from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format, stop_token_ids
 from timely.rng import derive_seed
 from timely.types import Completion, Message
 
@@ -139,7 +139,7 @@ class HFPolicy:
         self.precision = precision
         self.tool_format = resolve_tool_format(tokenizer, tool_format)
         self.name = name or f"hf:{getattr(model, 'name_or_path', '') or type(model).__name__}"
-        self.stop_ids = _stop_token_ids(model, tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids)
         self._batch_counter = 0
@@ -372,24 +372,6 @@ class HFPolicy:
             prompt_token_ids=request.prompt_ids,
             logprobs=row.logprobs,
         )
-
-
-def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends an assistant turn: the model's and tokenizer's EOS and ``<|im_end|>``."""
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    if not ids:
-        raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token")
-    return sorted(ids)
 
 
 # Most padded prompt tokens (rows x longest prompt) prefilled as one batch. The prefill's attention

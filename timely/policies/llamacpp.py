@@ -33,9 +33,8 @@ from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.parsing import parse_tool_calls
 from timely.policies.base import Deadline, check_options, register_backend
-from timely.policies.hf import _stop_token_ids
 from timely.policies.hf_models import EMBEDDED_MODEL
-from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format
+from timely.prompting import ToolFormat, prompt_token_ids, resolve_tool_format, stop_token_ids
 from timely.rng import derive_seed
 from timely.types import Completion, Message
 
@@ -101,7 +100,7 @@ class LlamaCppPolicy:
                 f"the tokenizer has {len(tokenizer)} tokens but the GGUF model only {vocab}: "
                 "pass the tokenizer that belongs to this model (tokenizer=DIR)"
             )
-        stops = set(_stop_token_ids(None, tokenizer))
+        stops = set(stop_token_ids(tokenizer))
         eos = int(llama.token_eos())
         if 0 <= eos < vocab:
             stops.add(eos)
