@@ -342,6 +342,9 @@ def _save_output(model: Any, tokenizer: Any, config: SFTConfig, output: Path) ->
         model.peft_config["default"].base_model_name_or_path = config.model
         # save_embedding_layers=False: peft would otherwise look the base up on the hub.
         model.save_pretrained(str(tmp), save_embedding_layers=False)
+        from timely.policies.hf_models import write_adapter_hashes
+
+        write_adapter_hashes(tmp)  # loading the adapter checks its weights against these
     else:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))

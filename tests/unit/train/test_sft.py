@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
+from timely.policies.hf_models import verify_adapter
 from timely.train.checkpoint import latest_checkpoint
 from timely.train.config import DataConfig, LoraSettings, SFTConfig
 from timely.train.data import build_dataset
@@ -74,6 +75,7 @@ def test_loss_decreases_on_a_fixed_batch(tiny_dir, tmp_path):
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == tiny_dir
     assert json.loads((run / "sft.json").read_text())["dropped_long"] == 1
+    verify_adapter(out, required=True)  # the adapter's weights are hashed where it is written
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(tiny_dir, tmp_path):
