@@ -388,14 +388,15 @@ def with_trainer_logprobs(
 ) -> tuple[list[Sample], dict[str, float | None]]:
     """The samples with ``old_logprobs`` recomputed by the trainer, and how far the rollout's were.
 
-    bf16 rollouts sample under bf16 autocast, so their recorded log-probs differ from what the
-    fp32 trainer computes for the same weights; taking them as the "old" policy would make the
-    importance ratio of the first update wander from 1 for reasons that are not learning. As verl
-    does, the old log-probs are then recomputed before the update, without gradients, in the
-    trainer's precision and with the same micro-batches and forward as :func:`policy_step`, so
-    the first update's ratio is exactly 1. The gap between the two records is the rollout
-    mismatch, worth watching (a large one means the sampler's distribution is not the one being
-    trained). fp32 rollouts skip this: their recorded log-probs are already the trainer's.
+    bf16 rollouts sample from a bf16 copy of the weights, so their recorded log-probs differ
+    from what the fp32 trainer computes for the same weights; taking them as the "old" policy
+    would make the importance ratio of the first update wander from 1 for reasons that are not
+    learning. As verl does, the old log-probs are then recomputed before the update, without
+    gradients, in the trainer's precision and with the same micro-batches and forward as
+    :func:`policy_step`, so the first update's ratio is exactly 1. The gap between the two
+    records is the rollout mismatch, worth watching (a large one means the sampler's
+    distribution is not the one being trained). fp32 rollouts skip this: their recorded log-
+    probs are already the trainer's.
 
     Returns:
         ``(samples, metrics)``: ``metrics`` has ``rollout_logprob_diff_mean`` and

@@ -212,20 +212,24 @@ def test_bad_settings_are_config_errors(model, tok):
         HFPolicy(model, tok, precision="fp16")
 
 
-async def test_bf16_decoding_runs_under_autocast_and_keeps_its_records(model, tok, monkeypatch):
+async def test_bf16_decodes_a_bf16_copy_and_keeps_its_records(model, tok, monkeypatch):
+    """bf16 decodes with bf16 weights (autocast over fp32 weights was slower than fp32), on a
+    private copy: the caller's model keeps its fp32 weights."""
     seen = []
     real = hf.generate_rows
 
-    def spy(*args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
-        return real(*args, **kwargs)
+    def spy(used, *args, **kwargs):
+        seen.append(next(used.parameters()).dtype)
+        return real(used, *args, **kwargs)
 
     monkeypatch.setattr(hf, "generate_rows", spy)
     fast = HFPolicy(model, tok, max_new_tokens=12, precision="bf16")
     out = await fast.generate(convo("hi"), [], deadline=virtual())
     await HFPolicy(model, tok, max_new_tokens=12).generate(convo("hi"), [], deadline=virtual())
-    assert seen == [torch.bfloat16, False]
+    assert seen == [torch.bfloat16, torch.float32]
+    assert next(model.parameters()).dtype == torch.float32 and fast.model is not model
     assert 0 < len(out.token_ids) == len(out.logprobs or []) <= 12
+    assert all(isinstance(lp, float) for lp in out.logprobs or [])
 
 
 async def test_a_cancelled_caller_stops_its_row(model, tok, monkeypatch):
