@@ -250,6 +250,15 @@ class RLConfig(_Frozen):
         description="grpo: std-normalised advantages, per-sequence mean; dr_grpo: no std "
         "normalisation, sum over tokens / a constant; dapo: token-level mean, asymmetric clip.",
     )
+    adv_std_floor: float = Field(
+        0.1,
+        ge=0,
+        description="grpo and dapo: the least group std advantages are divided by. The paper "
+        "reward moves by ~1 per unit of score, by ~0.25 per chain part (level 1) and by ~0.01 "
+        "between on-time runs that differ only in the budget-use bonus; without a floor those "
+        "0.01 differences become +-1 advantages. 0.1 leaves them under 0.1 and leaves a group "
+        "with a real score spread (std > 0.1) as plain std normalisation. dr_grpo has no std.",
+    )
     clip_low: float = Field(0.2, gt=0, description="Lower clip epsilon of the ratio.")
     clip_high: float = Field(0.28, gt=0, description="Upper clip epsilon (dapo; others: low).")
     beta: float = Field(0.0, ge=0, description="KL weight to the reference (k3); 0: off.")

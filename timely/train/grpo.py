@@ -200,7 +200,7 @@ async def _train(
             rewards = np.array(
                 [[episode_reward(t, config) for t in g.trajectories] for g in groups]
             )
-            advantages = group_advantages(rewards, config.loss)
+            advantages = group_advantages(rewards, config.loss, std_floor=config.adv_std_floor)
             samples, forms = batch_samples(groups, advantages, config)
             mismatch: dict[str, float | None] = dict.fromkeys(ROLLOUT_MISMATCH_FIELDS)
             if config.rollout_precision != "fp32" and samples:  # old log-probs in our precision

@@ -9,8 +9,9 @@ GRPO step, for instance): build the rows with :func:`build_batch`, then call
 Conventions (TRL 1.16 and verl agree on them, see the GRPO notes of the RL-frameworks
 reference):
 
-* advantages per group, ``(r - mean) / (std + eps)`` with the unbiased std and ``eps = 1e-4``
-  (grpo, dapo) or ``r - mean`` (dr_grpo); an all-equal group gets exactly 0;
+* advantages per group, ``(r - mean) / (max(std, std_floor) + eps)`` with the unbiased std and
+  ``eps = 1e-4`` (grpo, dapo; TRL has no floor) or ``r - mean`` (dr_grpo); an all-equal group
+  gets exactly 0;
 * the ratio is ``exp(new - old)`` against the **recorded** sampling log-probs (bf16 rollouts:
   against the trainer's own recompute, :func:`with_trainer_logprobs`), the loss
   ``-min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A)`` per sampled token, log-ratios
@@ -44,16 +45,27 @@ MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a separate pass
 ROLLOUT_MISMATCH_FIELDS = ("rollout_logprob_diff_mean", "rollout_logprob_diff_max")
 
 
-def group_advantages(rewards: np.ndarray, loss: str, eps: float = ADV_EPS) -> np.ndarray:
+def group_advantages(
+    rewards: np.ndarray, loss: str, eps: float = ADV_EPS, *, std_floor: float = 0.0
+) -> np.ndarray:
     """Group-normalised advantages of a ``[prompts, group_size]`` reward array.
 
-    ``grpo`` and ``dapo``: ``(r - mean) / (std + eps)`` with the unbiased std of the group;
-    ``dr_grpo``: ``r - mean``. A group whose rewards are all equal gets exactly 0.
+    ``grpo`` and ``dapo``: ``(r - mean) / (max(std, std_floor) + eps)`` with the unbiased std
+    of the group; ``dr_grpo``: ``r - mean``. A group whose rewards are all equal gets exactly 0.
+    The floor keeps a group of near-equal rewards (bonus noise of ~0.01) near 0 instead of
+    scaling it up to +-1; above the floor the advantages are the plain std-normalised ones.
+
+    Args:
+        rewards: the rewards, one row per group.
+        loss: grpo, dr_grpo or dapo.
+        eps: added to the divisor (TRL's epsilon).
+        std_floor: the least std a group is divided by (``RLConfig.adv_std_floor``).
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     centred = rewards - rewards.mean(axis=1, keepdims=True)
     if loss != "dr_grpo":
-        centred = centred / (rewards.std(axis=1, ddof=1, keepdims=True) + eps)
+        std = rewards.std(axis=1, ddof=1, keepdims=True)
+        centred = centred / (np.maximum(std, std_floor) + eps)
     flat = np.ptp(rewards, axis=1, keepdims=True) == 0
     return np.where(flat, 0.0, centred)
 

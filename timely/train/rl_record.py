@@ -22,7 +22,7 @@ from timely.errors import ConfigError
 from timely.train.config import RLConfig
 from timely.train.objective import Sample, UpdateStats
 from timely.train.view import ViewForm
-from timely.types import EndReason
+from timely.types import EndReason, Trajectory
 
 if TYPE_CHECKING:
     from timely.train.grpo import Group
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 RATIO_TOLERANCE = 1e-3  # mean |ratio - 1| allowed on the first update (weights that sampled)
 METRICS_FILE, CURVES_FILE, ROLLOUTS_DIR = "metrics.jsonl", "curves.png", "rollouts"
 RUN_FILE = "rl-run.json"
+# Budget buckets of the per-batch log, by the setting's multiplier (budget / expert time):
+# (name, lower bound inclusive, upper bound exclusive); no limit is its own bucket.
+BUDGET_BUCKETS = (("short", 0.0, 0.75), ("mid", 0.75, 1.5), ("long", 1.5, float("inf")))
+NO_LIMIT_BUCKET = "nolimit"
 # Metrics that measure the machine, not the training: they differ between identical runs.
 TIMING_FIELDS = frozenset(
     {"rollout_s", "update_s", "batch_s", "episodes_per_s", "gen_tokens_per_s", "peak_rss_mb"}
@@ -82,12 +86,43 @@ def batch_metrics(
         "kl_ref": first.kl_ref,
         "entropy": first.entropy,
         "grad_norm": first.grad_norm,
+        **budget_bucket_metrics(groups),
         **timing,
         "batch_s": busy,
         "episodes_per_s": len(trajs) / timing["rollout_s"] if timing["rollout_s"] else None,
         "gen_tokens_per_s": gen_tokens / timing["rollout_s"] if timing["rollout_s"] else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def budget_bucket(multiplier: float | None) -> str:
+    """The :data:`BUDGET_BUCKETS` name of a setting's multiplier (None: no limit)."""
+    if multiplier is None:
+        return NO_LIMIT_BUCKET
+    return next(name for name, low, high in BUDGET_BUCKETS if low <= multiplier < high)
+
+
+def budget_bucket_metrics(groups: Sequence[Group]) -> dict[str, float | int | None]:
+    """Rollout outcomes by budget bucket: ``<metric>_<bucket>`` for each bucket.
+
+    Whether the policy learns time shows here, not in the batch means: on-time rate and score
+    at short budgets, tool calls and generated tokens rising with the budget. A bucket without
+    episodes in the batch has ``episodes_<bucket>`` 0 and None elsewhere.
+    """
+    by_bucket: dict[str, list[Trajectory]] = {name: [] for name, _, _ in BUDGET_BUCKETS}
+    by_bucket[NO_LIMIT_BUCKET] = []
+    for g in groups:
+        by_bucket[budget_bucket(g.setting.multiplier)].extend(g.trajectories)
+    row: dict[str, float | int | None] = {}
+    for name, trajs in by_bucket.items():
+        row[f"episodes_{name}"] = len(trajs)
+        row[f"on_time_rate_{name}"] = _mean(t.compliant for t in trajs)
+        row[f"score_{name}"] = _mean(t.score for t in trajs)
+        row[f"tool_calls_{name}"] = _mean(t.n_tool_calls for t in trajs)
+        row[f"completion_tokens_{name}"] = _mean(
+            sum(s.completion_tokens for s in t.steps) for t in trajs
+        )
+    return row
 
 
 def write_rollouts(

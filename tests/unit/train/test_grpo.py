@@ -550,6 +550,12 @@ def test_a_two_batch_run_on_a_tiny_model(tmp_path, scripted_base):
         assert m["episodes"] == 6 and 0 <= m["on_time_rate"] <= m["answered_rate"] <= 1
         if m["ratio_dev"] is not None:
             assert m["ratio_dev"] < 1e-3 and m["kl_ref"] >= 0
+        buckets = ("short", "mid", "long", "nolimit")
+        assert sum(m[f"episodes_{b}"] for b in buckets) == 6  # every episode in one bucket
+        assert 0 <= m["zero_std_groups"] <= 1
+        for b in buckets:
+            if m[f"episodes_{b}"]:
+                assert 0 <= m[f"on_time_rate_{b}"] <= 1 and m[f"completion_tokens_{b}"] > 0
     for step in (1, 2):
         rollouts = list(iter_trajectories(tmp_path / "rollouts" / f"batch-{step:06d}.jsonl"))
         assert len(rollouts) == 6 and all(t.metadata["rl"]["step"] == step for t in rollouts)
