@@ -38,7 +38,83 @@ class Pending(Generic[R, T]):
     abandoned: bool = field(default=False)  # the caller stopped waiting (cancelled)
 
 
-class MicroBatcher(Generic[R, T]):
+class _QueuedBatcher(Generic[R, T]):
+    """What both batchers share: the queue, its worker task on the caller's event loop, the
+    batching window and shutdown. Subclasses say how queued requests are run (``_work``).
+
+    The queue is guarded by a lock: a continuous run takes requests from its worker thread.
+    """
+
+    _worker_name = "timely-batcher"
+
+    def __init__(self, *, max_batch_size: int, window_s: float) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = max_batch_size
+        self.window_s = max(0.0, window_s)
+        self.queue: list[Pending[R, T]] = []
+        self.guard = threading.Lock()
+        self._wall = WallClock()
+        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrived: asyncio.Event | None = None
+        self.batches_run = 0  # for tests and metrics
+        self.batch_sizes: list[int] = []
+
+    async def submit(self, request: R) -> T:
+        """Queue ``request`` and wait for its result (an exception of its batch propagates)."""
+        self._ensure_worker()
+        assert self._arrived is not None
+        item: Pending[R, T] = Pending(request, asyncio.get_running_loop().create_future())
+        with self.guard:
+            self.queue.append(item)
+        self._arrived.set()
+        try:
+            return await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            item.abandoned = True
+            raise
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            # A new event loop (e.g. one per test) needs its own worker, event and queue.
+            if self._loop is not loop:
+                with self.guard:
+                    self.queue = []
+            self._loop = loop
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._work(), name=self._worker_name)
+
+    async def _work(self) -> None:
+        raise NotImplementedError
+
+    async def _wait_for_work(self) -> None:
+        """Wait for a first request, then up to ``window_s`` for the batch to fill."""
+        assert self._arrived is not None
+        if not self.queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        end = self._wall.now() + self.window_s
+        while len(self.queue) < self.max_batch_size and self._wall.now() < end:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with self._wall.cutoff(end):
+                    await self._arrived.wait()
+
+    async def aclose(self) -> None:
+        """Stop the worker (pending callers get CancelledError)."""
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        with self.guard:
+            for p in self.queue:
+                p.future.cancel()
+            self.queue = []
+
+
+class MicroBatcher(_QueuedBatcher[R, T]):
     """Collects concurrent requests into batches for a blocking ``run_batch`` function.
 
     Args:
@@ -57,51 +133,17 @@ class MicroBatcher(Generic[R, T]):
         max_batch_size: int = 8,
         window_s: float = 0.01,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        super().__init__(max_batch_size=max_batch_size, window_s=window_s)
         self._run_batch = run_batch
-        self.max_batch_size = max_batch_size
-        self.window_s = max(0.0, window_s)
-        self._queue: list[Pending[R, T]] = []
-        self._wall = WallClock()
-        self._worker: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._arrived: asyncio.Event | None = None
-        self.batches_run = 0  # number of run_batch calls, for tests and metrics
-        self.batch_sizes: list[int] = []
 
-    async def submit(self, request: R) -> T:
-        """Queue ``request`` and wait for its result (exceptions of the batch propagate)."""
-        self._ensure_worker()
-        assert self._arrived is not None
-        item: Pending[R, T] = Pending(request, asyncio.get_running_loop().create_future())
-        self._queue.append(item)
-        self._arrived.set()
-        try:
-            return await asyncio.shield(item.future)
-        except asyncio.CancelledError:
-            item.abandoned = True
-            raise
-
-    def _ensure_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            # A new event loop (e.g. one per test) needs its own worker, event and queue.
-            if self._loop is not loop:
-                self._queue = []
-            self._loop = loop
-            self._arrived = asyncio.Event()
-            self._worker = loop.create_task(self._work(), name="timely-micro-batcher")
+    _worker_name = "timely-micro-batcher"
 
     async def _work(self) -> None:
-        assert self._arrived is not None
         while True:
-            if not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            await self._fill_window()
-            batch = [p for p in self._queue[: self.max_batch_size] if not p.abandoned]
-            del self._queue[: self.max_batch_size]
+            await self._wait_for_work()
+            with self.guard:
+                batch = [p for p in self.queue[: self.max_batch_size] if not p.abandoned]
+                del self.queue[: self.max_batch_size]
             if not batch:
                 continue
             self.batches_run += 1
@@ -124,26 +166,6 @@ class MicroBatcher(Generic[R, T]):
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
-
-    async def _fill_window(self) -> None:
-        """Wait up to ``window_s`` for more requests, returning early once the batch is full."""
-        assert self._arrived is not None
-        end = self._wall.now() + self.window_s
-        while len(self._queue) < self.max_batch_size and self._wall.now() < end:
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                async with self._wall.cutoff(end):
-                    await self._arrived.wait()
-
-    async def aclose(self) -> None:
-        """Stop the worker (pending callers get CancelledError)."""
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for p in self._queue:
-            p.future.cancel()
-        self._queue = []
 
 
 class Feed(Generic[R, T]):
@@ -192,7 +214,7 @@ def _resolve(future: asyncio.Future[T], result: T | None, error: BaseException |
         future.set_result(result)  # type: ignore[arg-type]
 
 
-class ContinuousBatcher(Generic[R, T]):
+class ContinuousBatcher(_QueuedBatcher[R, T]):
     """Continuous batching: requests join a running batch between its steps, leave as they end.
 
     Unlike :class:`MicroBatcher`, a request that arrives while the model decodes does not wait
@@ -216,72 +238,20 @@ class ContinuousBatcher(Generic[R, T]):
         max_batch_size: int = 8,
         window_s: float = 0.01,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        super().__init__(max_batch_size=max_batch_size, window_s=window_s)
         self._run = run
-        self.max_batch_size = max_batch_size
-        self.window_s = max(0.0, window_s)
-        self.queue: list[Pending[R, T]] = []
-        self.guard = threading.Lock()  # the queue is read from the worker thread too
-        self._wall = WallClock()
-        self._worker: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._arrived: asyncio.Event | None = None
-        self.batches_run = 0  # runs of ``run`` (each lasts while requests keep it busy)
-        self.batch_sizes: list[int] = []  # requests admitted at each take
 
-    async def submit(self, request: R) -> T:
-        """Queue ``request`` and wait for its result (an exception of the run propagates)."""
-        self._ensure_worker()
-        assert self._arrived is not None
-        item: Pending[R, T] = Pending(request, asyncio.get_running_loop().create_future())
-        with self.guard:
-            self.queue.append(item)
-        self._arrived.set()
-        try:
-            return await asyncio.shield(item.future)
-        except asyncio.CancelledError:
-            item.abandoned = True
-            raise
-
-    def _ensure_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            if self._loop is not loop:
-                with self.guard:
-                    self.queue = []
-            self._loop = loop
-            self._arrived = asyncio.Event()
-            self._worker = loop.create_task(self._work(), name="timely-continuous-batcher")
+    _worker_name = "timely-continuous-batcher"
 
     async def _work(self) -> None:
-        assert self._arrived is not None and self._loop is not None
+        assert self._loop is not None
         while True:
-            if not self.queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            end = self._wall.now() + self.window_s
-            while len(self.queue) < self.max_batch_size and self._wall.now() < end:
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with self._wall.cutoff(end):
-                        await self._arrived.wait()
+            await self._wait_for_work()
             feed: Feed[R, T] = Feed(self, self._loop)
-            self.batches_run += 1
+            self.batches_run += 1  # runs of ``run`` (each lasts while requests keep it busy)
             try:
                 await asyncio.to_thread(self._run, feed)
             except Exception as e:  # one failed run fails its callers, not the worker
                 feed.fail(e)
             else:
                 feed.fail(RuntimeError("the decode loop returned without answering"))
-
-    async def aclose(self) -> None:
-        """Stop the worker (pending callers get CancelledError)."""
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        with self.guard:
-            for p in self.queue:
-                p.future.cancel()
-            self.queue = []
