@@ -14,27 +14,22 @@ them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from timely.types import Trajectory
 
 
-def turn_sequences(trajectory: Trajectory) -> Iterable[list[int]]:
-    """Each turn's full sequence: the exact prompt ids the model saw, then its sampled ids."""
-    for step in trajectory.steps:
-        if step.prompt_token_ids is not None:
-            yield list(step.prompt_token_ids) + list(step.token_ids or [])
-
-
 def unique_tokens(group: Sequence[Trajectory]) -> int:
-    """Tokens a group of episodes consists of: the distinct prefixes of all its turns.
+    """Tokens a group of episodes consists of, the work no engine can avoid.
 
-    Every turn's sequence (prompt + sampled ids) goes into one token trie per group, and the
-    count is the trie's size: a prompt the ``G`` rollouts share counts once, a turn whose prompt
-    extends the previous turn's sequence adds only its new tokens (the observations and time
-    status), and where re-rendering breaks the prefix the diverging tail counts in full, since
-    any engine would have to process it.
+    Every turn's sequence (prompt + sampled ids) goes into one token trie per group. Prompt
+    tokens count where they are new to the trie: a prompt the ``G`` rollouts share counts once,
+    a turn whose prompt extends the previous turn's sequence adds only its new tokens (the
+    observations and time status), two rows whose conversations are identical so far share
+    them, and where re-rendering breaks the prefix the diverging tail counts in full. Sampled
+    tokens count in every episode, even where two rollouts happened to sample the same text:
+    each row's tokens must be decoded, since no engine knows in advance that they will agree.
 
     Args:
         group: the episodes that may share a prompt (a GRPO group; one episode alone also works).
@@ -42,14 +37,20 @@ def unique_tokens(group: Sequence[Trajectory]) -> int:
     root: dict[int, Any] = {}
     count = 0
     for trajectory in group:
-        for sequence in turn_sequences(trajectory):
+        for step in trajectory.steps:
+            if step.prompt_token_ids is None:
+                continue
+            sampled = list(step.token_ids or [])
             node = root
-            for token in sequence:
+            for token in step.prompt_token_ids:
                 child = node.get(token)
                 if child is None:
                     child = node[token] = {}
                     count += 1
                 node = child
+            for token in sampled:  # in the trie, so a later prompt that repeats them is free
+                node = node.setdefault(token, {})
+            count += len(sampled)
     return count
 
 

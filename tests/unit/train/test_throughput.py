@@ -45,6 +45,13 @@ def test_a_shared_prompt_counts_once_and_a_turn_adds_only_what_is_new():
     assert unique_tokens([first]) == 10 + 3 + 2 + 2
 
 
+def test_rollouts_that_sample_the_same_tokens_each_count_them():
+    """Only the shared prompt is free: every row's sampled tokens must be decoded, even where
+    two rollouts happen to agree (no engine knows that in advance)."""
+    same = [_episode((PROMPT, [1, 2, 3])), _episode((PROMPT, [1, 2, 3]))]
+    assert unique_tokens(same) == 10 + 3 + 3
+
+
 def test_a_broken_prefix_counts_its_tail_in_full():
     broken = _episode((PROMPT, [1, 2]), (PROMPT + [9, 9, 1, 2], [3]))  # re-rendered turn
     assert unique_tokens([broken]) == 10 + 2 + 4 + 1
