@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -124,9 +124,8 @@ def verl_main(
     config_path: str | None, overrides: list[str], *, dry_run: bool, console: Console
 ) -> int:
     """``timely-rl --backend verl``: print the plan (``--dry-run``) or run it."""
-    from rich.progress import Progress
-
     from timely.config import load_config
+    from timely.progress import Bar, ProgressDisplay
     from timely.train.verl.config import VerlConfig
     from timely.train.verl.launch import dry_run_text, launch, plan
 
@@ -134,13 +133,13 @@ def verl_main(
     if dry_run:
         print(dry_run_text(plan(config)), end="")
         return 0
-    with Progress(console=console, transient=True) as bars:
-        tasks: dict[str, Any] = {}
+    with ProgressDisplay(console, transient=True) as bars:
+        tasks: dict[str, Bar] = {}
 
         def progress(split: str, done: int, total: int) -> None:
             if split not in tasks:
-                tasks[split] = bars.add_task(f"{split} rows", total=total)
-            bars.update(tasks[split], completed=done)
+                tasks[split] = bars.bar(split, total, unit="rows")
+            tasks[split].update(done, total)
 
         try:
             code = launch(config, progress=progress, say=lambda s: console.print(s))

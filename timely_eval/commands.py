@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from timely.errors import ConfigError
+from timely.progress import Bar, ProgressDisplay
 from timely.runrecord import ERRORS, TRAJECTORIES
 from timely.types import Trajectory
 from timely_eval.leaderboard import (
@@ -39,24 +32,16 @@ class RichProgress:
     """One progress bar per phase, with done / skipped / failed counts."""
 
     def __init__(self, console: Console) -> None:
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description:<11}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self._tasks: dict[str, Any] = {}
+        self.progress = ProgressDisplay(console)
+        self._tasks: dict[str, Bar] = {}
         self._counts: dict[str, dict[str, int]] = {}
 
     def __enter__(self) -> RichProgress:
-        self.progress.start()
+        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self.progress.__exit__(*exc)
 
     def _text(self, phase: str) -> str:
         c = self._counts[phase]
@@ -67,12 +52,9 @@ class RichProgress:
 
     def start_phase(self, phase: str, total: int, skipped: int) -> None:
         self._counts[phase] = {"done": 0, "skipped": skipped, "failed": 0, "errors": 0}
-        self._tasks[phase] = self.progress.add_task(
-            phase,
-            total=max(total, 1) if total else 1,
-            completed=skipped if total else 1,
-            counts=self._text(phase) if total else "nothing to do",
-        )
+        bar = self.progress.bar(phase, total, done=skipped, unit="episodes")
+        self._tasks[phase] = bar
+        bar.update(skipped, note=self._text(phase) if total else "nothing to do")
 
     def episode_done(self, phase: str, traj: Trajectory | None, error: str | None) -> None:
         c = self._counts[phase]
@@ -81,7 +63,7 @@ class RichProgress:
         else:
             c["done"] += 1
             c["errors"] += traj.error is not None
-        self.progress.update(self._tasks[phase], advance=1, counts=self._text(phase))
+        self._tasks[phase].advance(note=self._text(phase))
 
 
 # Columns a narrow terminal keeps (the rest are in summary.md and the leaderboard).

@@ -421,10 +421,8 @@ def setting_record(setting: Setting) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _bar(enabled: bool, total: int) -> Iterator[Any]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from timely.progress import ProgressDisplay
 
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
-        job = bar.add_task("expert episodes", total=total)
-        yield lambda what: bar.update(job, advance=1, description=f"experts · {what}")
+    with ProgressDisplay(enabled=enabled) as display:
+        bar = display.bar("experts", total, unit="episodes")
+        yield lambda what: bar.advance(note=what)

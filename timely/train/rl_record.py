@@ -232,30 +232,25 @@ def truncate_jsonl(path: Path, keep_through: int) -> None:
 
 
 class Progress:
-    """A rich progress bar over batches, with the latest reward and timing; where the console
-    is not a terminal (a log file), one line per batch instead."""
+    """A progress bar over batches, with the latest reward and timing (plain lines where the
+    console is not a terminal, see :mod:`timely.progress`)."""
 
     def __init__(self, done: int, total: int) -> None:
-        from rich import progress as rp
+        from rich.console import Console
 
-        self.bar = rp.Progress(
-            rp.TextColumn("[bold]timely-rl"),
-            rp.BarColumn(),
-            rp.MofNCompleteColumn(),
-            rp.TimeElapsedColumn(),
-            rp.TimeRemainingColumn(),
-            rp.TextColumn("{task.fields[info]}"),
-        )
-        self.console = self.bar.console
-        self.task = self.bar.add_task("rl", total=total, completed=done, info="")
+        from timely.progress import ProgressDisplay
+
+        self.display = ProgressDisplay(Console())
+        self.console = self.display.console
+        self.bar = self.display.bar("timely-rl", total, done=done, unit="batches")
         self.total = total
 
     def __enter__(self) -> Progress:
-        self.bar.start()
+        self.display.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        self.display.__exit__(*exc)
 
     def advance(self, row: dict[str, Any]) -> None:
         dev = row["ratio_dev"]
@@ -264,6 +259,4 @@ class Progress:
             f"|ratio-1| {'-' if dev is None else f'{dev:.0e}'}  "
             f"rollout {row['rollout_s']:.0f}s  update {row['update_s']:.0f}s"
         )
-        self.bar.update(self.task, advance=1, info=info)
-        if not self.console.is_terminal:
-            self.console.print(f"timely-rl batch {row['step']}/{self.total}  {info}")
+        self.bar.advance(note=info)

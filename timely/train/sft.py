@@ -417,17 +417,13 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _bar(enabled: bool, total: int, start: int) -> Iterator[Any]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from timely.progress import ProgressDisplay
 
-    columns = ("SFT", BarColumn(), MofNCompleteColumn(), "{task.description}")
-    with Progress(
-        *columns, TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled
-    ) as bar:
-        job = bar.add_task("", total=total, completed=start)
+    with ProgressDisplay(enabled=enabled) as display:
+        bar = display.bar("SFT", total, done=start, unit="steps")
 
         def advance(r: dict[str, Any]) -> None:
             text = f"loss {r['loss']:.3f} · lr {r['lr']:.1e} · {r['seconds']:.1f} s/step"
-            bar.update(job, advance=1, description=text)
+            bar.advance(note=text)
 
         yield advance
