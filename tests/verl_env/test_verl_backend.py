@@ -53,6 +53,28 @@ class _Server:
         return await self.inner.generate(request_id, **kwargs)
 
 
+def play_as_verl_does(entry, cfg, server, tok, item) -> AgentLoopOutput:
+    """One dataset row played by the agent loop that ``entry`` (a line of the launcher's
+    agent_loops.yaml) names, instantiated with the arguments verl's AgentLoopWorker passes."""
+
+    async def rollout() -> AgentLoopOutput:
+        loop = hydra.utils.instantiate(
+            config=entry,
+            trainer_config=DictConfigWrap(config=cfg),
+            server_manager=server,
+            tokenizer=tok,
+            processor=None,
+            hf_model_type=None,
+            dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(cfg.data),
+            tools=ToolListWrap([]),
+        )
+        kwargs = {k: v for k, v in item.items() if k not in ("agent_name", "dummy_tensor")}
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
+
+    return asyncio.run(rollout())
+
+
 def verl_config(overrides: list[str]):
     """What ``python -m verl.trainer.main_ppo OVERRIDES`` composes, validated as it validates."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
@@ -92,22 +114,7 @@ def test_a_launched_run_plays_and_scores_a_row_through_verls_own_machinery(tmp_p
         entries = OmegaConf.load(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path)
         entry = {e.name: e for e in entries}[item["agent_name"]]
 
-        async def rollout() -> AgentLoopOutput:
-            loop = hydra.utils.instantiate(
-                config=entry,
-                trainer_config=DictConfigWrap(config=cfg),
-                server_manager=server,
-                tokenizer=tok,
-                processor=None,
-                hf_model_type=None,
-                dataset_cls=RLHFDataset,
-                data_config=DictConfigWrap(cfg.data),
-                tools=ToolListWrap([]),
-            )
-            kwargs = {k: v for k, v in item.items() if k not in ("agent_name", "dummy_tensor")}
-            return await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
-
-        out = asyncio.run(rollout())
+        out = play_as_verl_does(entry, cfg, server, tok, item)
         seen["out"], seen["server"], seen["as_dict"] = out, server, out.as_dict()
         # verl's naive reward manager: extra_info with the loop's extra_fields merged in.
         score = get_custom_reward_fn(cfg)
@@ -250,22 +257,7 @@ def test_the_chat_template_kwargs_reach_every_prompt_of_the_rollout(tmp_path):
         server = _Server(ScriptedTokenServer(tok, solving_replies(task)))
         entry = OmegaConf.load(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path)[0]
 
-        async def rollout():
-            loop = hydra.utils.instantiate(
-                config=entry,
-                trainer_config=DictConfigWrap(config=cfg),
-                server_manager=server,
-                tokenizer=tok,
-                processor=None,
-                hf_model_type=None,
-                dataset_cls=RLHFDataset,
-                data_config=DictConfigWrap(cfg.data),
-                tools=ToolListWrap([]),
-            )
-            kwargs = {k: v for k, v in item.items() if k not in ("agent_name", "dummy_tensor")}
-            return await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
-
-        seen["out"] = asyncio.run(rollout())
+        seen["out"] = play_as_verl_does(entry, cfg, server, tok, item)
         seen["requests"] = server.requests
         return 0
 
