@@ -140,8 +140,8 @@ async def main(episodes: int, steps: int) -> None:
         f"(goal <= 1 ms)  ratio vs anchor {loop_s / anchor:6.1f}x"
     )
 
-    from server.app import ServerConfig, create_app
     from timely.toolclient import ToolClient
+    from timely_server.app import ServerConfig, create_app
 
     app = create_app(ServerConfig(latency="constant:1.0"))
     async with ToolClient.in_process(app) as client:

@@ -64,7 +64,7 @@ def bare_app() -> Any:
 def serve(kind: str, port: int) -> None:
     import uvicorn
 
-    from server.app import ServerConfig, create_app, freeze_startup_objects, uvicorn_config
+    from timely_server.app import ServerConfig, create_app, freeze_startup_objects, uvicorn_config
 
     config = ServerConfig(
         port=port, max_concurrency=100_000, max_live_sessions=100_000, session_ttl_s=3600

@@ -1,7 +1,7 @@
 """Benchmark: the virtual-clock work model against real time, on this machine.
 
 On a virtual clock the ML tools and the code sandbox report work from a deterministic model
-(``tools/ml/work.py``; ``tools.sandbox.core.work_s``) instead of their measured time. This
+(``tools/ml/work.py``; ``timely_tools.sandbox.core.work_s``) instead of their measured time. This
 measures the real times the model stands in for and prints model / measured ratios (1.0 = the
 model charges what this machine takes):
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.ml import blas, recipe, work
-from tools.sandbox.core import SECONDS_PER_EVENT, Workspace, run_code
+from timely_tools.ml import blas, recipe, work
+from timely_tools.sandbox.core import SECONDS_PER_EVENT, Workspace, run_code
 
 SHAPES = [(100, 8), (400, 32), (1600, 64), (1600, 8)]  # (fit rows, features)
 ESTIMATORS: list[tuple[str, tuple[str, ...], list[dict[str, Any]]]] = [

@@ -15,12 +15,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.core import ToolServer
-from server.errors import ApiError, error_responses
-from server.faults import FaultConfig, FaultField, FaultSpec
-from server.latency import LatencyConfig, LatencySpec
-from server.routes import body_schema, parse_json, read_body
 from timely.errors import ConfigError
+from timely_server.core import ToolServer
+from timely_server.errors import ApiError, error_responses
+from timely_server.faults import FaultConfig, FaultField, FaultSpec
+from timely_server.latency import LatencyConfig, LatencySpec
+from timely_server.routes import body_schema, parse_json, read_body
 
 # The OpenAPI form of a latency spec: what parse_latency accepts.
 _SPEC_SCHEMA = {

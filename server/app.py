@@ -8,9 +8,9 @@ tools runs in milliseconds and stays reproducible. ``X-Timely-Deadline-S`` carri
 remaining budget: a call that cannot finish in time is answered 504 at the deadline, never later.
 Every error is JSON ``{"error": {"type", "message"}}`` with a message the caller can act on.
 
-This module assembles the app from its parts: the execution layer (``server.core``), the HTTP
-routes (``server.routes``, ``server.admin``), the MCP façade (``server.mcp``), sessions,
-faults, metrics and security; and runs it (``serve``, ``running_server``).
+This module assembles the app from its parts: the execution layer (``timely_server.core``), the HTTP
+routes (``timely_server.routes``, ``timely_server.admin``), the MCP façade (``timely_server.mcp``),
+sessions, faults, metrics and security; and runs it (``serve``, ``running_server``).
 """
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.admin import install_admin_routes
-from server.calls import ToolCallEndpoint
-from server.config import ServerConfig
-from server.core import ToolServer
-from server.errors import install_error_handlers
-from server.mcp import McpFacade
-from server.registry import ToolRegistry
-from server.routes import install_routes
-from server.security import ACCESS_LOGGER, AccessLogMiddleware, BearerAuthMiddleware
-from server.sessions import close_state
 from timely.asgi import DrainUnreadBodyMiddleware
 from timely.clock import WallClock
+from timely_server.admin import install_admin_routes
+from timely_server.calls import ToolCallEndpoint
+from timely_server.config import ServerConfig
+from timely_server.core import ToolServer
+from timely_server.errors import install_error_handlers
+from timely_server.mcp import McpFacade
+from timely_server.registry import ToolRegistry
+from timely_server.routes import install_routes
+from timely_server.security import ACCESS_LOGGER, AccessLogMiddleware, BearerAuthMiddleware
+from timely_server.sessions import close_state
 
 __all__ = [
     "ServerConfig",
@@ -132,7 +132,7 @@ def create_app(config: ServerConfig, registry: ToolRegistry | None = None) -> To
 class ToolServerApp(FastAPI):
     """The tool server's FastAPI app, with ``POST /tools/{name}`` dispatched before FastAPI.
 
-    Tool calls are the hot path: they go straight to :class:`server.calls.ToolCallEndpoint`
+    Tool calls are the hot path: they go straight to :class:`timely_server.calls.ToolCallEndpoint`
     behind the server's own middleware (``tool_calls``), skipping the framework's stack around
     the router (error and exception middleware, native telemetry, route matching), which cost a
     zero-latency call more than the call itself. Every other request, and a tool call under a

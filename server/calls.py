@@ -8,7 +8,7 @@ around the router. This endpoint does the same work on the raw ASGI messages: it
 under the same limit, decodes it with the same strict rules, answers the same statuses, headers
 and bytes, and runs the call through the same :meth:`ToolServer.execute` as the MCP façade.
 The FastAPI route for the path stays registered, so the OpenAPI schema documents the operation
-as before; :class:`server.app.ToolServerApp` sends the requests here directly, behind the
+as before; :class:`timely_server.app.ToolServerApp` sends the requests here directly, behind the
 server's own middleware (bearer auth, body drain, access log).
 """
 
@@ -21,9 +21,11 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from server.core import CallOutcome, ClientGone, ToolServer
-from server.errors import ApiError, error_response
-from server.routes import (
+from timely import asgi
+from timely.clock import WallClock, wall_seconds
+from timely_server.core import CallOutcome, ClientGone, ToolServer
+from timely_server.errors import ApiError, error_response
+from timely_server.routes import (
     CALL_SHAPE,
     CLOCK_HEADER,
     DEADLINE_HEADER,
@@ -33,9 +35,7 @@ from server.routes import (
     parse_clock_headers,
     validate,
 )
-from server.waits import Wait
-from timely import asgi
-from timely.clock import WallClock, wall_seconds
+from timely_server.waits import Wait
 
 log = logging.getLogger("timely.server")
 

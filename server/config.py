@@ -1,9 +1,9 @@
 """The tool server's settings.
 
-Kept apart from the app so that configs and the CLI can build and validate them without
-importing FastAPI and uvicorn; ``server.app`` re-exports :class:`ServerConfig`. Nothing in the
-server reads the environment: the CLI turns flags and ``TIMELY_TOOL_SERVER_API_KEY`` into a
-ServerConfig, and ``create_app`` reads nothing else.
+Kept apart from the app so that configs and the CLI can build and validate them without importing
+FastAPI and uvicorn; ``timely_server.app`` re-exports :class:`ServerConfig`. Nothing in the server
+reads the environment: the CLI turns flags and ``TIMELY_TOOL_SERVER_API_KEY`` into a ServerConfig,
+and ``create_app`` reads nothing else.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from server.faults import FaultConfig, FaultField, FaultSpec
-from server.latency import LatencyConfig, LatencySpec
-from server.profiles import load_latency_profile
 from timely.errors import ConfigError
+from timely_server.faults import FaultConfig, FaultField, FaultSpec
+from timely_server.latency import LatencyConfig, LatencySpec
+from timely_server.profiles import load_latency_profile
 
 
 class ServerConfig(BaseModel):
@@ -113,7 +113,7 @@ class ServerConfig(BaseModel):
     mcp_allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host headers /mcp accepts besides loopback and the bind host (DNS-rebinding "
-        "protection), e.g. ['tools.internal:*']; ['*'] turns the check off.",
+        "protection), e.g. ['timely_tools.internal:*']; ['*'] turns the check off.",
     )
     access_log: bool = Field(
         False, description="Log one JSON line per request to the 'timely.server.access' logger."

@@ -5,7 +5,7 @@ inject identical delays from identical streams, fault alike and keep the same de
 A call takes ``service`` (the handler's own work) plus a ``latency`` drawn from the tool's
 latency model. In wall mode the server really waits; in virtual mode it only reports the
 latency, which the client charges to its simulated clock, together with the ``work`` the tool
-reported from its deterministic work model (:class:`tools.base.WorkMeter`; real service time
+reported from its deterministic work model (:class:`timely_tools.base.WorkMeter`; real service time
 varies run to run, so it is not what a virtual clock charges). A caller's deadline is honoured
 to the letter: a call that cannot finish in time is answered 504 at the deadline, never later.
 """
@@ -21,19 +21,19 @@ from typing import Any
 
 from jsonschema.exceptions import best_match
 
-from server.config import ServerConfig
-from server.errors import ApiError
-from server.fastcheck import FastCheck, compile_check
-from server.faults import Fault, FaultConfig, FaultSpec
-from server.latency import LatencyConfig
-from server.metrics import OTHER_TOOL, Metrics
-from server.registry import ToolDef, ToolRegistry, default_registry
-from server.sessions import Session, SessionStore
-from server.waits import Wait, wait_until
 from timely.clock import WallClock, wall_seconds
 from timely.errors import ConfigError, RegistryError
 from timely.rng import make_rng
-from tools.base import ToolContext, ToolInputError
+from timely_server.config import ServerConfig
+from timely_server.errors import ApiError
+from timely_server.fastcheck import FastCheck, compile_check
+from timely_server.faults import Fault, FaultConfig, FaultSpec
+from timely_server.latency import LatencyConfig
+from timely_server.metrics import OTHER_TOOL, Metrics
+from timely_server.registry import ToolDef, ToolRegistry, default_registry
+from timely_server.sessions import Session, SessionStore
+from timely_server.waits import Wait, wait_until
+from timely_tools.base import ToolContext, ToolInputError
 
 log = logging.getLogger("timely.server")
 

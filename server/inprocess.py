@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from server.app import create_app
-from server.config import ServerConfig
+from timely_server.app import create_app
+from timely_server.config import ServerConfig
 
 
 def create_in_process_app(

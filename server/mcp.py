@@ -2,10 +2,9 @@
 
 OpenAI Agents, LangGraph (langchain-mcp-adapters) and smolagents all consume MCP servers, so
 ``/mcp`` makes the simulator usable from those frameworks without an adapter. Tools are listed
-straight from the registry (name, description, JSON Schema) through the SDK's low-level
-``Server``, whose handlers take raw schemas; ``MCPServer`` would derive schemas from Python
-signatures instead. Every call goes through :meth:`server.core.ToolServer.execute`, exactly as
-over plain HTTP.
+straight from the registry (name, description, JSON Schema) through the SDK's low-level ``Server``,
+whose handlers take raw schemas; ``MCPServer`` would derive schemas from Python signatures instead.
+Every call goes through :meth:`timely_server.core.ToolServer.execute`, exactly as over plain HTTP.
 
 Clock, deadline and session come from the ``tools/call`` request's ``_meta``
 (``timely/clock``, ``timely/deadline_s``, ``timely/session_id``) or, for clients that can only
@@ -37,10 +36,10 @@ from mcp.shared.exceptions import MCPError
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from server.core import CallOutcome, ToolServer
-from server.errors import ApiError, error_response
-from server.routes import LOG_SCOPE_KEY, body_too_large, parse_clock_headers
-from tools.base import ToolDef
+from timely_server.core import CallOutcome, ToolServer
+from timely_server.errors import ApiError, error_response
+from timely_server.routes import LOG_SCOPE_KEY, body_too_large, parse_clock_headers
+from timely_tools.base import ToolDef
 
 META_CLOCK = "timely/clock"
 META_DEADLINE = "timely/deadline_s"

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.latency import ConstantLatency, LatencySpec
 from timely.errors import ConfigError
+from timely_server.latency import ConstantLatency, LatencySpec
 
 # configs/latency/ of the source tree (the package is installed editable from it).
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "latency"

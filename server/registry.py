@@ -2,7 +2,7 @@
 
 One registry feeds both the HTTP listing (the OpenAI ``tools`` array a policy is given) and
 dispatch, so what the model is told and what the server accepts cannot drift apart. Tools are
-declared next to their implementation with :func:`tools.base.tool` (the tools package imports
+declared next to their implementation with :func:`timely_tools.base.tool` (the tools package imports
 nothing from the server); :func:`default_registry` collects the built-ins, and third-party
 packages add theirs through the ``timely.tools`` entry-point group. A tool's own latency spec is
 parsed here, when the tool is registered, so a malformed one fails before the server serves.
@@ -14,9 +14,9 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from server.latency import BaseLatency, parse_latency
 from timely.registry import Registry
-from tools.base import ToolContext, ToolDef, ToolHandler, ToolInputError, tool
+from timely_server.latency import BaseLatency, parse_latency
+from timely_tools.base import ToolContext, ToolDef, ToolHandler, ToolInputError, tool
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -31,17 +31,17 @@ __all__ = [
 
 # "module:attr" of every built-in tool; imported only when a registry is built.
 BUILTIN_TOOLS: tuple[str, ...] = (
-    "tools.echo:echo",
-    "tools.calculator:calculator",
+    "timely_tools.echo:echo",
+    "timely_tools.calculator:calculator",
     *(
-        f"tools.games.moves:{attr}"
+        f"timely_tools.games.moves:{attr}"
         for attr in (
             "game_new", "look", "go", "take", "drop", "open_", "unlock", "put", "examine",
             "inventory", "step", "get_available_actions", "get_score", "get_max_score", "end_game",
         )
     ),
-    "tools.sandbox.tool:run_python",
-    *(f"tools.ml.tools:{attr}" for attr in (
+    "timely_tools.sandbox.tool:run_python",
+    *(f"timely_tools.ml.tools:{attr}" for attr in (
         "ml_setup", "describe_data", "train_model", "evaluate_model", "submit_model",
     )),
 )  # fmt: skip
@@ -111,7 +111,7 @@ class ToolRegistry:
             parameters: JSON Schema of the arguments.
             latency: the tool's own default latency spec.
             **hints: ``title``, ``read_only``, ``destructive``, ``idempotent``,
-                ``output_schema`` (see :class:`tools.base.ToolDef`).
+                ``output_schema`` (see :class:`timely_tools.base.ToolDef`).
         """
 
         def deco(handler: ToolHandler) -> ToolDef:

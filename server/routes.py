@@ -16,11 +16,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp
 
-from server.core import ToolServer
-from server.errors import ApiError, ErrorDetail, error_responses, pydantic_message
-from server.metrics import CONTENT_TYPE_LATEST
 from timely import asgi
 from timely.clock import wall_seconds
+from timely_server.core import ToolServer
+from timely_server.errors import ApiError, ErrorDetail, error_responses, pydantic_message
+from timely_server.metrics import CONTENT_TYPE_LATEST
 
 CLOCK_HEADER = "X-Timely-Clock"
 DEADLINE_HEADER = "X-Timely-Deadline-S"
@@ -194,7 +194,7 @@ def install_routes(app: FastAPI, server: ToolServer, call_endpoint: ASGIApp) -> 
         app: the app.
         server: the server state.
         call_endpoint: the ASGI app that serves ``POST /tools/{name}``
-            (:class:`server.calls.ToolCallEndpoint`); the FastAPI route documents it.
+            (:class:`timely_server.calls.ToolCallEndpoint`); the FastAPI route documents it.
     """
     config = server.config
     limit = config.max_body_bytes
@@ -239,7 +239,7 @@ def install_routes(app: FastAPI, server: ToolServer, call_endpoint: ASGIApp) -> 
         """
         # Documentation only: the route's ASGI app is ``call_endpoint`` (set below), which
         # serves the calls without FastAPI's per-request machinery.
-        raise AssertionError("POST /tools/{name} is served by server.calls.ToolCallEndpoint")
+        raise AssertionError("POST /tools/{name} is served by timely_server.calls.ToolCallEndpoint")
 
     for route in app.router.routes:
         if getattr(route, "endpoint", None) is call_tool:

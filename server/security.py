@@ -14,10 +14,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_response
-from server.routes import LOG_SCOPE_KEY
 from timely.asgi import bearer_ok
 from timely.clock import wall_seconds
+from timely_server.errors import error_response
+from timely_server.routes import LOG_SCOPE_KEY
 
 ACCESS_LOGGER = "timely.server.access"
 OPEN_PATHS = frozenset({"/health"})

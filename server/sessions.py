@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import ApiError
 from timely.clock import wall_seconds
 from timely.rng import make_rng
+from timely_server.errors import ApiError
 
 log = logging.getLogger("timely.server")
 

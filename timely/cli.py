@@ -23,8 +23,8 @@ EVAL_COMMAND = "timely_eval.commands:eval_command"
 LEADERBOARD_COMMAND = "timely_eval.commands:leaderboard_command"
 EXPORT_COMMAND = "timely_eval.export:export_command"
 COMPARE_COMMAND = "timely_eval.compare:compare_command"
-SERVE = "server.app:serve"
-BUILD_SERVER_CONFIG = "server.config:build_server_config"
+SERVE = "timely_server.app:serve"
+BUILD_SERVER_CONFIG = "timely_server.config:build_server_config"
 
 app = typer.Typer(
     name="timely",

@@ -85,7 +85,7 @@ def merge_runs(runs: list[Run]) -> list[Trajectory]:
 @functools.lru_cache(maxsize=256)
 def latency_value(spec: str) -> float:
     """A typical latency in seconds for a spec (its mean, by sampling), NaN if unknown."""
-    from server.latency import parse_latency
+    from timely_server.latency import parse_latency
 
     try:
         model = parse_latency(spec)

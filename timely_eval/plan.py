@@ -173,7 +173,7 @@ def _latencies(suite: Suite) -> list[str]:
 def _policy_plays_latency(policy: PolicyEntry, latency: str) -> bool:
     if policy.latencies is None or latency.startswith("server:"):
         return True
-    from server.latency import parse_latency
+    from timely_server.latency import parse_latency
 
     return latency in {parse_latency(x).spec for x in policy.latencies}
 

@@ -332,7 +332,7 @@ class Suite(_Frozen):
     @field_validator("latencies")
     @classmethod
     def _canonical_latencies(cls, v: list[str]) -> list[str]:
-        from server.latency import parse_latency
+        from timely_server.latency import parse_latency
 
         out = [parse_latency(spec).spec for spec in v]  # raises with the valid forms
         if not out:
@@ -364,7 +364,7 @@ class Suite(_Frozen):
             )
         for p in self.policies:
             if p.latencies is not None:
-                from server.latency import parse_latency
+                from timely_server.latency import parse_latency
 
                 extra = {parse_latency(x).spec for x in p.latencies} - set(self.latencies)
                 if extra:

@@ -1,10 +1,10 @@
 """The contract between a tool implementation and the tool server.
 
-Kept free of any server import so tool modules stay plain Python: a tool is an async handler
-wrapped in a :class:`ToolDef` by the :func:`tool` decorator; the handler gets a
-:class:`ToolContext` and raises :class:`ToolInputError` when the model's input is wrong, which the
-server turns into an observation the model can act on (not an HTTP failure). The server
-(``server.registry``) collects ToolDefs and interprets what they declare (e.g. the latency spec).
+Kept free of any server import so tool modules stay plain Python: a tool is an async handler wrapped
+in a :class:`ToolDef` by the :func:`tool` decorator; the handler gets a :class:`ToolContext` and
+raises :class:`ToolInputError` when the model's input is wrong, which the server turns into an
+observation the model can act on (not an HTTP failure). The server (``timely_server.registry``)
+collects ToolDefs and interprets what they declare (e.g. the latency spec).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class ToolDef:
         handler: ``async (arguments, ctx) -> result``; the result must be JSON-serialisable.
         latency: the tool's own default latency spec (e.g. ``"constant:0"``), or None to use the
             server's default. Kept as given; the server parses it when it registers the tool
-            (``server.latency.parse_latency``), and its per-tool overrides still win.
+            (``timely_server.latency.parse_latency``), and its per-tool overrides still win.
         title: a human-readable name for UIs (MCP ``title``); None: clients show ``name``.
         read_only: the tool changes nothing (MCP ``readOnlyHint``): a client may call it freely.
         destructive: a call may overwrite or end state (MCP ``destructiveHint``; the spec's

@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from tools.base import ToolContext, ToolInputError, tool
+from timely_tools.base import ToolContext, ToolInputError, tool
 
 MAX_EXPRESSION_CHARS = 2000
 MAX_EXPONENT = 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.base import ToolContext, tool
+from timely_tools.base import ToolContext, tool
 
 
 @tool(

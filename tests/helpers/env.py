@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from server.app import ServerConfig, create_app
 from timely.toolclient import ToolClient
+from timely_server.app import ServerConfig, create_app
 
 
 @contextlib.asynccontextmanager

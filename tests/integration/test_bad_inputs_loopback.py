@@ -6,7 +6,7 @@ import time
 import httpx2
 import pytest
 
-from server.app import ServerConfig, running_server
+from timely_server.app import ServerConfig, running_server
 
 KEY = "sesame"
 AUTH = {"Authorization": f"Bearer {KEY}", "X-Timely-Clock": "virtual"}

@@ -14,7 +14,7 @@ import urllib.request
 import httpx2
 import pytest
 
-from server.app import ServerConfig, running_server
+from timely_server.app import ServerConfig, running_server
 
 BIG = 12 << 20  # well above the 1 MiB default limit, below the drain bound
 REPEATS = 5  # the reset was timing-dependent with keep-alive clients

@@ -4,7 +4,6 @@ import socket
 
 import pytest
 
-from server.app import ServerConfig, running_server
 from tests.helpers.policies import SlowWallPolicy
 from tests.helpers.timing import WALL_SLACK_S
 from timely.budget import Budget
@@ -14,6 +13,7 @@ from timely.policies.base import make_policy
 from timely.task import make_task
 from timely.toolclient import ToolClient
 from timely.types import EndReason
+from timely_server.app import ServerConfig, running_server
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from server.app import ServerConfig, running_server
-from server.registry import default_registry
 from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import WallClock
+from timely_server.app import ServerConfig, running_server
+from timely_server.registry import default_registry
 
 MODES = ["auto", "legacy"]  # auto negotiates the 2026 protocol; legacy the 2025 handshake
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from server.app import ServerConfig, running_server
 from timely.budget import Budget
 from timely.clock import WallClock
 from timely.loop import run_episode
 from timely.policies.base import make_policy
 from timely.task import make_task
 from timely.toolclient import ToolClient
+from timely_server.app import ServerConfig, running_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import asyncio
 
 import pytest
 
-from server.app import ServerConfig, running_server
 from tests.helpers.openai_stub import CALCULATOR_TOOL as CALC
 from tests.helpers.openai_stub import STUB_SLOW_S
 from tests.helpers.timing import WALL_SLACK_S
@@ -25,6 +24,7 @@ from timely.policies.base import Deadline, make_policy
 from timely.task import make_task
 from timely.toolclient import ToolClient
 from timely.types import EndReason, Message, ToolCall
+from timely_server.app import ServerConfig, running_server
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from server.app import ServerConfig, create_app
+from timely_server.app import ServerConfig, create_app
 
 ADMIN = "admin-secret"
 APP = create_app(

@@ -15,14 +15,14 @@ import httpx2
 import openai
 import pytest
 
-from server.app import ServerConfig
-from server.app import create_app as create_tool_server
 from tests.helpers.openai_stub import serve_in_thread
 from tests.helpers.policies import CalculatorAgent
 from tests.integration.conftest import cli_tool_server
 from timely.serve.app import create_app
 from timely.serve.config import ServeConfig
 from timely.toolclient import ToolClient
+from timely_server.app import ServerConfig
+from timely_server.app import create_app as create_tool_server
 
 MODEL = "test:calculator-agent"
 

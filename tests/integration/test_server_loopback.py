@@ -3,12 +3,12 @@
 import httpx2
 import pytest
 
-from server.app import ServerConfig, running_server
 from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import VirtualClock, WallClock
 from timely.errors import ToolServerUnavailable
 from timely.policies.base import Deadline
 from timely.toolclient import ToolClient
+from timely_server.app import ServerConfig, running_server
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The server's precise waits (server.waits) on a real clock: never early, and never stuck.
+"""The server's precise waits (timely_server.waits) on a real clock: never early, and never stuck.
 
 How close to the target they end is measured in bench/tool_server.py (injection error), not
 asserted here; these tests pin what must hold on any machine, loaded or not.
@@ -6,9 +6,9 @@ asserted here; these tests pin what must hold on any machine, loaded or not.
 
 import asyncio
 
-from server.waits import wait_until
 from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import wall_seconds
+from timely_server.waits import wait_until
 
 
 async def test_a_wait_never_ends_before_its_target():

@@ -3,13 +3,13 @@ import socket
 import httpx2
 import pytest
 
-from server.app import ServerConfig, create_app
-from server.registry import ToolRegistry
 from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import VirtualClock, WallClock
 from timely.errors import ToolError, ToolServerUnavailable
 from timely.policies.base import Deadline
 from timely.toolclient import ToolBackend, ToolClient
+from timely_server.app import ServerConfig, create_app
+from timely_server.registry import ToolRegistry
 
 
 def client_for(**config):

@@ -93,7 +93,7 @@ class ToolClient:
 
     @classmethod
     def in_process(cls, app: Any, **kwargs: Any) -> ToolClient:
-        """A client that calls an ASGI app (``server.app.create_app(...)``) without sockets.
+        """A client that calls an ASGI app (``timely_server.app.create_app(...)``) without sockets.
 
         Args:
             app: the ASGI app.

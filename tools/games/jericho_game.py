@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.games.common import InterpreterGame
+from timely_tools.games.common import InterpreterGame
 
 INSTALL_HINT = (
     "Jericho games need the `jericho` package (pip install jericho; it builds a C interpreter, "

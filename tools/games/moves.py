@@ -9,10 +9,10 @@ Two tool sets play the game a session holds, whichever engine it is:
   ``get_score``, ``get_max_score``, ``end_game``, whose per-call costs
   ``configs/latency/jericho-reference.yaml`` reproduces.
 
-``game_new`` starts a game in the session. Tasks call it from ``setup`` (an episode's agent is
-never offered it), so the agent cannot choose its own game. Every observation ends with the
-``[score P/M]`` line (see :mod:`tools.games.common`). Interpreter-backed games block for a few
-milliseconds a move and seconds to generate, so they run in a worker thread, off the event loop.
+``game_new`` starts a game in the session. Tasks call it from ``setup`` (an episode's agent is never
+offered it), so the agent cannot choose its own game. Every observation ends with the
+``[score P/M]`` line (see :mod:`timely_tools.games.common`). Interpreter-backed games block for a
+few milliseconds a move and seconds to generate, so they run in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from tools.base import ToolContext, ToolDef, ToolInputError, tool
-from tools.games.common import MAX_COMMAND_CHARS, GameSession
-from tools.games.treasure.engine import TreasureGame
-from tools.games.treasure.world import MAX_DIFFICULTY, world_for
+from timely_tools.base import ToolContext, ToolDef, ToolInputError, tool
+from timely_tools.games.common import MAX_COMMAND_CHARS, GameSession
+from timely_tools.games.treasure.engine import TreasureGame
+from timely_tools.games.treasure.world import MAX_DIFFICULTY, world_for
 
 GAME_KEY = "game"
 GAMES = ("treasure", "textworld", "jericho")
@@ -262,12 +262,12 @@ def _new_treasure(arguments: dict[str, Any]) -> tuple[GameSession, str]:
 def _new_interpreted(arguments: dict[str, Any]) -> tuple[GameSession, str]:
     code = arguments.get("code") or None
     if arguments["game"] == "jericho":
-        from tools.games.jericho_game import JerichoGame
+        from timely_tools.games.jericho_game import JerichoGame
 
         (rom,) = _need(arguments, "rom")
         jgame = JerichoGame(rom, code)
         return jgame, jgame.intro
-    from tools.games.textworld_game import TextWorldGame, TextWorldOptions, generate_game
+    from timely_tools.games.textworld_game import TextWorldGame, TextWorldOptions, generate_game
 
     seed, size, objects, length = _need(
         arguments, "seed", "world_size", "nb_objects", "quest_length"

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.games.common import InterpreterGame
+from timely_tools.games.common import InterpreterGame
 
 INSTALL_HINT = (
     "TextWorld games need the optional TextWorld package: pip install 'timely-machine[games]'"

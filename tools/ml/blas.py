@@ -1,17 +1,17 @@
 """One BLAS thread while the ML tools and tasks fit and predict, as in the code sandbox.
 
-The estimators are small (hundreds of rows, tens of features). OpenBLAS gains nothing from
-threads on them, but once a call has woken its threads they spin for a while, and on a small
-machine they take the cores that the event loop and the other episodes need: on 2 cores they
-cost about half the CPU time of an ML smoke episode. The sandbox already runs the same recipe
-with ``OPENBLAS_NUM_THREADS=1`` (:mod:`tools.sandbox.core`), so with this the tool server, the
-task's calibration and the code-mode oracle all fit in one configuration. The predictions are
-the same either way (OpenBLAS splits work by output blocks); tests/unit/tasks/test_ml.py checks.
+The estimators are small (hundreds of rows, tens of features). OpenBLAS gains nothing from threads
+on them, but once a call has woken its threads they spin for a while, and on a small machine they
+take the cores that the event loop and the other episodes need: on 2 cores they cost about half the
+CPU time of an ML smoke episode. The sandbox already runs the same recipe with
+``OPENBLAS_NUM_THREADS=1`` (:mod:`timely_tools.sandbox.core`), so with this the tool server, the
+task's calibration and the code-mode oracle all fit in one configuration. The predictions are the
+same either way (OpenBLAS splits work by output blocks); tests/unit/tasks/test_ml.py checks.
 
 A BLAS library has one thread count for the whole process, so the limit is shared and
 counted: set by the first holder, the previous counts restored when the last one lets go.
 Every switch back wakes OpenBLAS's threads (about a millisecond of spinning), so the tool server
-holds the limit for a whole ML session (:class:`tools.ml.tools.MLSession`), not for each fit:
+holds the limit for a whole ML session (:class:`timely_tools.ml.tools.MLSession`), not for each fit:
 a suite's overlapping episodes then switch it once.
 """
 
@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from tools.ml import recipe
+from timely_tools.ml import recipe
 
 _lock = threading.Lock()
 _holders = 0

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.ml.recipe import read_csv
+from timely_tools.ml.recipe import read_csv
 
 RECEIPT_PREFIX = "ml1"
 RECEIPT_RE = re.compile(r"ml1\.([0-9a-f]{8})\.([A-Za-z0-9_-]+)")

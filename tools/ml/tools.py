@@ -4,10 +4,10 @@ One episode's data lives in its tool-server session (:class:`MLSession`, ``ctx.s
 loaded by the task's setup through ``ml_setup`` (a tool the model is never offered). Training
 runs for real, in a worker thread so the server keeps serving: on a wall clock its time is part
 of the call's time; on a virtual clock the call costs the injected latency plus the seconds the
-work model (:mod:`tools.ml.work`) assigns to its fits and predictions, which depend on the
+work model (:mod:`timely_tools.ml.work`) assigns to its fits and predictions, which depend on the
 call alone, and measured times are left out of the answers, so replays are exact.
 The test labels never reach the server: ``submit_model`` answers with a receipt of the
-predictions (:mod:`tools.ml.data`) that the task scores.
+predictions (:mod:`timely_tools.ml.data`) that the task scores.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from jsonschema.exceptions import best_match
 
 from timely.clock import wall_seconds
 from timely.rng import make_rng
-from tools.base import ToolContext, ToolInputError, tool
-from tools.ml import blas, recipe, work
-from tools.ml.data import (
+from timely_tools.base import ToolContext, ToolInputError, tool
+from timely_tools.ml import blas, recipe, work
+from timely_tools.ml.data import (
     CLASSIFICATION_METRICS,
     METRICS,
     REGRESSION_METRICS,
@@ -42,15 +42,15 @@ from tools.ml.data import (
     metric,
     parse_submission,
 )
-from tools.ml.schemas import (
+from timely_tools.ml.schemas import (
     DESCRIBE_OUTPUT,
     EVALUATE_OUTPUT,
     SETUP_OUTPUT,
     SUBMIT_OUTPUT,
     TRAIN_OUTPUT,
 )
-from tools.sandbox.core import SandboxLimits, Workspace
-from tools.sandbox.tool import LIMITS_KEY, session_workspace
+from timely_tools.sandbox.core import SandboxLimits, Workspace
+from timely_tools.sandbox.tool import LIMITS_KEY, session_workspace
 
 ML_KEY = "ml"
 SUBMISSION_FILE = "submission.csv"
@@ -115,7 +115,7 @@ class MLSession:
     """One episode's data, trained models and submissions. Closed with the session.
 
     Its models fit and predict only while it is open, and it holds BLAS to one thread for as
-    long (:mod:`tools.ml.blas`).
+    long (:mod:`timely_tools.ml.blas`).
     """
 
     def __init__(self, cfg: dict[str, Any], data: dict[str, Any], workspace: Workspace) -> None:

@@ -1,12 +1,12 @@
 """The ML tools' work model: what a fit or a prediction costs in virtual seconds.
 
 On a virtual clock a tool call costs its injected latency plus the work its tool reports
-(:class:`tools.base.WorkMeter`); the real fit time is not charged there, because it varies from
-run to run. So that a 500-tree forest still costs more than a linear model, ``train_model``,
+(:class:`timely_tools.base.WorkMeter`); the real fit time is not charged there, because it varies
+from run to run. So that a 500-tree forest still costs more than a linear model, ``train_model``,
 ``evaluate_model`` and ``submit_model`` report the seconds this model assigns to each fit and
-prediction. It reads only the call's inputs (estimator, hyperparameters, rows, features,
-classes), never a measurement or the fitted model, so the same call costs the same seconds on
-every run and every machine.
+prediction. It reads only the call's inputs (estimator, hyperparameters, rows, features, classes),
+never a measurement or the fitted model, so the same call costs the same seconds on every run and
+every machine.
 
 Each estimator costs ``base + per_model * M + rate * units`` per fit and per prediction, where M
 is the sub-models it builds (T trees for forests, T x K stages for boosting, else 1) and

@@ -38,7 +38,7 @@ VM. Environment variables are scrubbed (only PATH, HOME/TMPDIR = the workspace, 
 ``PYTHONHASHSEED`` and one-thread BLAS settings are passed).
 """
 
-from tools.sandbox.core import (
+from timely_tools.sandbox.core import (
     RunResult,
     SandboxLimits,
     Workspace,

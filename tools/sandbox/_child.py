@@ -1,7 +1,7 @@
 """The first code a sandboxed child process runs: it confines itself, then runs the agent's code.
 
-``tools.sandbox.core`` passes this file's *source* to ``python -P -s -B -c`` (never imported by
-the server). Configuration arrives as JSON in ``argv[1]``, the agent's code on stdin. While the
+``timely_tools.sandbox.core`` passes this file's *source* to ``python -P -s -B -c`` (never imported
+by the server). Configuration arrives as JSON in ``argv[1]``, the agent's code on stdin. While the
 process is still single-threaded and before any agent code exists in it, it applies, in order:
 
 1. resource limits with soft == hard (CPU keeps one second of headroom so the kill is a
@@ -23,7 +23,7 @@ that took effect, and the parent records it. ``tools/sandbox/__init__.py`` docum
 With ``count_events`` set (virtual-clock calls), the agent's code runs under a trace function
 that counts its Python trace events (calls, lines, returns, exceptions, in every thread; see
 :func:`_start_counting`): a deterministic measure of its work that the last report line carries
-and the parent turns into virtual seconds (:func:`tools.sandbox.core.work_s`).
+and the parent turns into virtual seconds (:func:`timely_tools.sandbox.core.work_s`).
 """
 
 import ctypes

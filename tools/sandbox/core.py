@@ -5,7 +5,7 @@ Agent code never runs in the server process. :func:`run_code` starts ``python -P
 environment (hash randomisation off, so runs replay exactly), and waits at most ``timeout_s`` of
 wall time (less when the caller's deadline is nearer); then the whole group gets SIGKILL. Output
 is captured up to a size limit, so a chatty loop cannot exhaust the server's memory. What the
-child confines itself with is in :mod:`tools.sandbox._child`; what a run costs on a virtual
+child confines itself with is in :mod:`timely_tools.sandbox._child`; what a run costs on a virtual
 clock, from the trace events it counts, is :func:`work_s`.
 """
 

@@ -4,7 +4,7 @@ The agent sends a whole program; it runs in the episode's workspace (files persi
 interpreter state does not, like running ``python script.py`` repeatedly) and the tool answers
 with stdout, stderr, the exit code and, on wall clocks, how long it took. On a virtual clock the
 measured times are left out of the answer, so the same episode replays byte for byte, and the
-program's counted trace events are its work (:func:`tools.sandbox.core.work_s`), charged with
+program's counted trace events are its work (:func:`timely_tools.sandbox.core.work_s`), charged with
 the injected latency.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.base import ToolContext, ToolInputError, tool
-from tools.sandbox.core import SandboxLimits, Workspace, run_code, work_s
+from timely_tools.base import ToolContext, ToolInputError, tool
+from timely_tools.sandbox.core import SandboxLimits, Workspace, run_code, work_s
 
 WORKSPACE_KEY = "workspace"
 LIMITS_KEY = "sandbox_limits"

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.layout import PACKAGES, module_name, package_dirs, source_dir
+
 ROOT = Path(__file__).resolve().parents[3]
-PACKAGES = ("timely", "timely_eval", "server", "tools")
 # Scripts run as a program, never imported: the sandbox bootstrap runs itself on import.
 SCRIPTS = {"tools/sandbox/_child.py"}
 # Modules of the separate GPU environment (docs/scale.md): the package they import at module
@@ -128,7 +129,7 @@ def _modules() -> list[Path]:
     return [
         p
         for pkg in PACKAGES
-        for p in sorted((ROOT / pkg).rglob("*.py"))
+        for p in sorted(source_dir(pkg).rglob("*.py"))
         if p.relative_to(ROOT).as_posix() not in SCRIPTS | set(GPU_ENV)
     ]
 
@@ -273,11 +274,10 @@ def test_modules_import_with_the_declared_dependencies_alone(tmp_path):
     if info is not None:
         src = Path(own.locate_file(info.parts[0]))
         (site_dir / info.parts[0]).symlink_to(src, target_is_directory=True)
-    names = []
-    for path in _modules():
-        rel = path.relative_to(ROOT).with_suffix("")
-        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-        names.append(".".join(parts))
+    # The checkout's mapped folders (server/ -> timely_server) without the editable hook.
+    for name, folder in package_dirs().items():
+        (site_dir / name).symlink_to(ROOT / folder, target_is_directory=True)
+    names = [module_name(path) for path in _modules()]
     env = {k: v for k, v in os.environ.items() if k in ("HOME", "PATH", "TMPDIR", "LANG")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(

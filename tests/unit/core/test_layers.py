@@ -2,10 +2,10 @@
 
 Allowed imports between the top-level packages (DESIGN.md, Layers)::
 
-    timely_eval -> server, tools, timely
-    server      -> tools, timely
-    tools       -> timely
-    timely      -> (none of them)
+    timely_eval   -> timely_server, timely_tools, timely
+    timely_server -> timely_tools, timely        (the server/ folder)
+    timely_tools  -> timely                      (the tools/ folder)
+    timely        -> (none of them)
 
 The built-in task families and the in-process tool server reach the core through entry points
 declared in pyproject.toml, so those lists must stay whole.
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.layout import PACKAGES, source_dir
+
 ROOT = Path(__file__).resolve().parents[3]
-PACKAGES = ("timely", "tools", "server", "timely_eval")
 ALLOWED = {
     "timely": set(),
-    "tools": {"timely"},
-    "server": {"timely", "tools"},
-    "timely_eval": {"timely", "tools", "server"},
+    "timely_tools": {"timely"},
+    "timely_server": {"timely", "timely_tools"},
+    "timely_eval": {"timely", "timely_tools", "timely_server"},
 }
 
 
@@ -39,7 +40,7 @@ def _imports(package: str) -> list[tuple[str, str]]:
     name from above it only for typing still depends on it.
     """
     found = []
-    for path in sorted((ROOT / package).rglob("*.py")):
+    for path in sorted(source_dir(package).rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -109,7 +110,11 @@ def test_importing_the_core_loads_no_layer_above_it():
     loaded = _fresh_modules(
         "import timely, timely.loop, timely.rollout, timely.run, timely.task, timely.testing"
     )
-    above = {top: mods for top, mods in loaded.items() if top in ("timely_eval", "server", "tools")}
+    above = {
+        top: mods
+        for top, mods in loaded.items()
+        if top in ("timely_eval", "timely_server", "timely_tools")
+    }
     assert not above, f"the core pulled in {above}"
     assert "torch" not in loaded and "fastapi" not in loaded, sorted(loaded)
 
@@ -172,7 +177,7 @@ def _sources(*packages: str) -> dict[str, str]:
     return {
         str(path.relative_to(ROOT)): path.read_text()
         for package in packages
-        for path in sorted((ROOT / package).rglob("*.py"))
+        for path in sorted(source_dir(package).rglob("*.py"))
     }
 
 

@@ -13,14 +13,14 @@ import contextlib
 import httpx2
 import pytest
 
-from server.app import ServerConfig
-from server.app import create_app as create_tool_server
 from tests.helpers.policies import CalculatorAgent, CrashingPolicy, SlowWallPolicy
 from timely.policies.scripted import ScriptedPolicy
 from timely.runrecord import iter_trajectories
 from timely.serve.app import create_app
 from timely.serve.config import ServeConfig
 from timely.toolclient import ToolClient
+from timely_server.app import ServerConfig
+from timely_server.app import create_app as create_tool_server
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,7 @@ import contextlib
 import httpx2
 import pytest
 
-from server.app import ServerConfig, create_app
+from timely_server.app import ServerConfig, create_app
 
 VIRTUAL = {"X-Timely-Clock": "virtual"}
 

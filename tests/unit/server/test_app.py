@@ -3,11 +3,11 @@ import contextlib
 import httpx2
 import pytest
 
-from server.app import ServerConfig, create_app
-from server.registry import ToolDef, ToolInputError, ToolRegistry, default_registry
 from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import WallClock
 from timely.errors import ConfigError
+from timely_server.app import ServerConfig, create_app
+from timely_server.registry import ToolDef, ToolInputError, ToolRegistry, default_registry
 
 VIRTUAL = {"X-Timely-Clock": "virtual"}
 
@@ -345,7 +345,7 @@ def test_tool_definitions_are_checked():
         ToolRegistry([lazy])
     timed = ToolRegistry([ToolDef("t", "d", {"type": "object"}, handler, latency=0.5)])
     assert timed.default_latency(timed.get("t")).spec == "constant:0.5"
-    registry = ToolRegistry(["tools.echo:echo"])
+    registry = ToolRegistry(["timely_tools.echo:echo"])
     assert registry.names() == ["echo"]
     assert registry.openai_tools(["echo"])[0]["function"]["name"] == "echo"
     with pytest.raises(KeyError, match="Did you mean: echo"):

@@ -1,7 +1,7 @@
 import pytest
 
-from tools.base import ToolInputError
-from tools.calculator import evaluate, format_number
+from timely_tools.base import ToolInputError
+from timely_tools.calculator import evaluate, format_number
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The hot path (server.calls, dispatched by ToolServerApp) answers exactly as the FastAPI route.
+"""The hot path (timely_server.calls, dispatched by ToolServerApp) answers as the FastAPI route.
 
 Tool calls skip FastAPI's per-request machinery; the route stays registered (the OpenAPI schema
 documents it) and serves the same endpoint when the dispatch does not apply (a ``root_path``).
@@ -10,8 +10,8 @@ import contextlib
 import httpx2
 import pytest
 
-from server.app import ServerConfig, ToolServerApp, create_app
-from server.calls import json_bytes
+from timely_server.app import ServerConfig, ToolServerApp, create_app
+from timely_server.calls import json_bytes
 
 CONFIG = ServerConfig(latency="uniform:0,2", max_body_bytes=256, faults="error=0.2")
 CASES = [

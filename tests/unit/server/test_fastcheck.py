@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from server.fastcheck import compile_check
+from timely_server.fastcheck import compile_check
 
 RANDOM_SEARCH = os.environ.get("TIMELY_RANDOM_SEARCH") == "1"
 REPRODUCIBLE = {} if RANDOM_SEARCH else {"derandomize": True, "database": None}

@@ -4,12 +4,12 @@ import httpx2
 import pytest
 from pydantic import ValidationError
 
-from server.app import ServerConfig, create_app
-from server.faults import Fault, FaultConfig, FaultSpec
 from tests.helpers.timing import WALL_SLACK_S
 from timely.clock import WallClock
 from timely.errors import ConfigError
 from timely.rng import make_rng
+from timely_server.app import ServerConfig, create_app
+from timely_server.faults import Fault, FaultConfig, FaultSpec
 
 VIRTUAL = {"X-Timely-Clock": "virtual"}
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from server.latency import (
+from timely.rng import make_rng
+from timely_server.latency import (
     ConstantLatency,
     ExponentialLatency,
     LatencyConfig,
@@ -15,7 +16,6 @@ from server.latency import (
     load_trace,
     parse_latency,
 )
-from timely.rng import make_rng
 
 N = 20_000
 

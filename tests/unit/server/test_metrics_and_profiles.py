@@ -5,10 +5,10 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import ServerConfig, create_app
-from server.config import build_server_config
-from server.profiles import available_profiles, load_latency_profile
 from timely.errors import ConfigError
+from timely_server.app import ServerConfig, create_app
+from timely_server.config import build_server_config
+from timely_server.profiles import available_profiles, load_latency_profile
 
 VIRTUAL = {"X-Timely-Clock": "virtual"}
 
@@ -153,7 +153,7 @@ def test_loop_metrics_render_as_prometheus_client_metrics_do():
     """The hot-path series (plain numbers behind a collector) expose the library's exact text."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-    from server.metrics import _BUCKETS, LoopCounter, LoopGauge, LoopHistogram
+    from timely_server.metrics import _BUCKETS, LoopCounter, LoopGauge, LoopHistogram
 
     ours, native = CollectorRegistry(auto_describe=True), CollectorRegistry(auto_describe=True)
     pairs = {

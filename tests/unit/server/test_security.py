@@ -6,10 +6,10 @@ import logging
 import httpx2
 import pytest
 
-from server.app import ServerConfig, create_app
-from server.registry import ToolRegistry
-from server.security import ACCESS_LOGGER
 from timely.clock import WallClock
+from timely_server.app import ServerConfig, create_app
+from timely_server.registry import ToolRegistry
+from timely_server.security import ACCESS_LOGGER
 
 VIRTUAL = {"X-Timely-Clock": "virtual"}
 

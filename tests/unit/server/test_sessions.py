@@ -3,11 +3,11 @@ import contextlib
 import httpx2
 import pytest
 
-from server.app import ServerConfig, create_app
-from server.errors import ApiError
-from server.registry import ToolRegistry, default_registry
-from server.sessions import SessionStore, close_state
 from timely.clock import WallClock
+from timely_server.app import ServerConfig, create_app
+from timely_server.errors import ApiError
+from timely_server.registry import ToolRegistry, default_registry
+from timely_server.sessions import SessionStore, close_state
 
 VIRTUAL = {"X-Timely-Clock": "virtual"}
 

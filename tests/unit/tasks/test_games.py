@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from server.app import ServerConfig, create_app
 from timely.budget import Budget
 from timely.clock import VirtualClock
 from timely.errors import TaskError
@@ -20,8 +19,9 @@ from timely.types import EndReason, Step, ToolResult
 from timely_eval.tasks.games.base import REFERENCE_TOOLS, VERB_TOOLS
 from timely_eval.tasks.games.jericho_games import JerichoTask, rom_split
 from timely_eval.tasks.games.treasure import quest_text
-from tools.games.common import parse_score_line
-from tools.games.treasure.world import world_for
+from timely_server.app import ServerConfig, create_app
+from timely_tools.games.common import parse_score_line
+from timely_tools.games.treasure.world import world_for
 
 TREASURE = "games/treasure-v1"
 
@@ -220,7 +220,7 @@ async def test_textworld_episodes_run_concurrently(tw_cache):
 
 
 def test_textworld_game_behaviour(tw_cache, tmp_path):
-    from tools.games.textworld_game import TextWorldGame, TextWorldOptions, generate_game
+    from timely_tools.games.textworld_game import TextWorldGame, TextWorldOptions, generate_game
 
     task = make_task("games/textworld-v1", seed=0, difficulty=1)
     options = TextWorldOptions(
@@ -247,7 +247,12 @@ def test_textworld_game_behaviour(tw_cache, tmp_path):
 
 def test_textworld_reused_environment_plays_like_a_fresh_one(tw_cache):
     """A closed game's environment is reset for the next game of that file: same observations."""
-    from tools.games.textworld_game import _POOL, TextWorldGame, TextWorldOptions, generate_game
+    from timely_tools.games.textworld_game import (
+        _POOL,
+        TextWorldGame,
+        TextWorldOptions,
+        generate_game,
+    )
 
     task = make_task("games/textworld-v1", seed=0, difficulty=1)
     options = TextWorldOptions(

@@ -216,7 +216,7 @@ def test_scoring_works_off_the_main_thread_and_in_asyncio():
 
 
 def test_solutions_match_the_real_calculator_tool():
-    calculator = pytest.importorskip("tools.calculator")
+    calculator = pytest.importorskip("timely_tools.calculator")
     for task_id in MATH_IDS:
         for seed in range(30):
             task = make_task(task_id, seed=seed, difficulty=5)

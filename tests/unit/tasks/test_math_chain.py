@@ -161,7 +161,7 @@ def test_scoring_never_raises_on_random_strings():
 
 
 def test_solutions_match_the_real_calculator_tool():
-    calculator = pytest.importorskip("tools.calculator")
+    calculator = pytest.importorskip("timely_tools.calculator")
     for task_id in MULTI_IDS:
         for seed in range(15):
             for d in (1, 4, 6):

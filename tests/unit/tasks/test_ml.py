@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from server.app import ServerConfig, create_app
 from timely.budget import Budget
 from timely.clock import VirtualClock, WallClock
 from timely.errors import TaskError
@@ -17,7 +16,8 @@ from timely.policies.base import Deadline, make_policy
 from timely.task import TASKS, make_task, task_names
 from timely.testing import check_task, check_task_with_loop
 from timely.toolclient import ToolClient
-from tools.ml.data import decode_receipt, encode_receipt, find_receipt
+from timely_server.app import ServerConfig, create_app
+from timely_tools.ml.data import decode_receipt, encode_receipt, find_receipt
 
 TOOL_IDS = ["ml/breast-cancer-v1", "ml/digits-v1", "ml/diabetes-v1"]
 CODE_IDS = ["ml/breast-cancer-code-v1", "ml/diabetes-code-v1"]
@@ -241,9 +241,9 @@ def test_bad_options_fail_with_a_clear_message():
 
 
 async def test_sessions_of_one_upload_share_its_parsed_data_read_only():
-    """ml_setup parses an upload once (tools.ml.tools._load_public); sessions cannot alter it."""
-    from tools.ml import blas
-    from tools.ml.tools import ML_KEY
+    """ml_setup parses an upload once (timely_tools.ml.tools); sessions cannot alter it."""
+    from timely_tools.ml import blas
+    from timely_tools.ml.tools import ML_KEY
 
     task = make_task("ml/diabetes-v1", seed=2)
     assert make_task("ml/diabetes-v1", seed=2).data is task.data  # built once per instance
@@ -270,10 +270,10 @@ async def test_sessions_of_one_upload_share_its_parsed_data_read_only():
 
 
 def test_one_blas_thread_changes_no_prediction_and_is_restored():
-    """tools.ml.blas: the fits' single-threaded BLAS gives the bits the default count gives."""
+    """timely_tools.ml.blas: single-threaded fits give the bits the default thread count gives."""
     from threadpoolctl import threadpool_info
 
-    from tools.ml import blas, recipe
+    from timely_tools.ml import blas, recipe
 
     def counts():
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]

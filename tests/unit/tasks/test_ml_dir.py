@@ -5,7 +5,6 @@ import io
 
 import pytest
 
-from server.app import ServerConfig, create_app
 from timely.budget import Budget
 from timely.clock import VirtualClock
 from timely.errors import TaskError
@@ -17,7 +16,8 @@ from timely.toolclient import ToolClient
 from timely_eval.tasks.math.data import pool_split
 from timely_eval.tasks.ml.datasets import build
 from timely_eval.tasks.ml.dirs import DirTask
-from tools.ml.data import encode_receipt
+from timely_server.app import ServerConfig, create_app
+from timely_tools.ml.data import encode_receipt
 
 PROMPT = (
     "Task:\n- Train data is available at ./data/public/train.csv.\n"
@@ -87,7 +87,7 @@ async def test_probability_submissions_are_thresholded_at_one_half(tmp_path):
     reference_dir(tmp_path / "toy", prompt=False)
     task = make_task("ml/dir-v1", seed=0, path=str(tmp_path / "toy"), is_binary=True)
     assert "Agentic ML task 'toy'" in task.spec.prompt  # no template: a generated text
-    from tools.ml.data import parse_submission
+    from timely_tools.ml.data import parse_submission
 
     ids = list(task.calibration.test_ids)
     text = "id,label\n" + "".join(

@@ -1,12 +1,12 @@
 """The game tools on an in-process tool server: sessions, the score line, errors, latencies."""
 
-from server.app import ServerConfig, create_app
 from tests.helpers.env import in_process_tools
 from timely.clock import VirtualClock
 from timely.policies.base import Deadline
 from timely.toolclient import ToolClient
-from tools.games.common import parse_score_line
-from tools.games.treasure.world import world_for
+from timely_server.app import ServerConfig, create_app
+from timely_tools.games.common import parse_score_line
+from timely_tools.games.treasure.world import world_for
 
 TREASURE = {"game": "treasure", "seed": 11, "difficulty": 2, "code": "ABC123"}
 

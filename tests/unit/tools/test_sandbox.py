@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from server.app import ServerConfig, create_app
 from timely.clock import VirtualClock, WallClock
 from timely.policies.base import Deadline
 from timely.toolclient import ToolClient
-from tools.sandbox import SandboxLimits, Workspace, probe, run_code
+from timely_server.app import ServerConfig, create_app
+from timely_tools.sandbox import SandboxLimits, Workspace, probe, run_code
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox targets Linux")
 

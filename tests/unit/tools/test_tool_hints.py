@@ -14,13 +14,13 @@ import math
 import pytest
 from jsonschema import Draft202012Validator
 
-from server.app import ServerConfig, create_app
-from server.registry import default_registry
 from timely.clock import VirtualClock, WallClock
 from timely.policies.base import Deadline
 from timely.task import make_task
 from timely.toolclient import ToolClient
-from tools.base import ToolDef
+from timely_server.app import ServerConfig, create_app
+from timely_server.registry import default_registry
+from timely_tools.base import ToolDef
 
 
 async def _handler(arguments, ctx):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from tools.games.common import parse_score_line, quote, score_line
-from tools.games.treasure.engine import TreasureGame, normalize
-from tools.games.treasure.solver import move_command, walkthrough
-from tools.games.treasure.world import (
+from timely_tools.games.common import parse_score_line, quote, score_line
+from timely_tools.games.treasure.engine import TreasureGame, normalize
+from timely_tools.games.treasure.solver import move_command, walkthrough
+from timely_tools.games.treasure.world import (
     MAX_DIFFICULTY,
     Exit,
     Goal,

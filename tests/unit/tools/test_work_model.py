@@ -5,15 +5,15 @@ import py_compile
 
 import pytest
 
-from server.app import ServerConfig, create_app
 from timely.budget import Budget
 from timely.clock import VirtualClock, WallClock
 from timely.loop import run_episode
 from timely.policies.base import Deadline, make_policy
 from timely.task import make_task
 from timely.toolclient import ToolClient
-from tools.ml import work
-from tools.sandbox.core import SECONDS_PER_EVENT, SandboxLimits, Workspace, run_code, work_s
+from timely_server.app import ServerConfig, create_app
+from timely_tools.ml import work
+from timely_tools.sandbox.core import SECONDS_PER_EVENT, SandboxLimits, Workspace, run_code, work_s
 
 LINEAR = ("logistic_regression", {})
 FOREST = ("random_forest", {"n_estimators": 500})

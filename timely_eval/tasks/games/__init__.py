@@ -2,8 +2,8 @@
 
 Importing this package registers ``games/treasure-v1`` (our own engine, no dependencies),
 ``games/textworld-v1`` (TextWorld-generated games, with the ``games`` extra) and
-``games/jericho-v1`` (game files you supply, with ``jericho``), and their unversioned aliases.
-The games run on the tool server (:mod:`tools.games`); these classes build instances, start them
+``games/jericho-v1`` (game files you supply, with ``jericho``), and their unversioned aliases. The
+games run on the tool server (:mod:`timely_tools.games`); these classes build instances, start them
 in the episode's session and score trajectories.
 """
 

@@ -30,7 +30,7 @@ from timely.policies.base import Deadline
 from timely.rng import make_rng
 from timely.task import SPLITS, ScriptedSolution, Split, Task, TaskSpec
 from timely.types import ToolCall
-from tools.games.common import parse_score_line
+from timely_tools.games.common import parse_score_line
 
 if TYPE_CHECKING:
     from timely.types import Trajectory

@@ -29,7 +29,7 @@ from timely_eval.tasks.games.base import (
     check_level,
     check_split,
 )
-from tools.games.jericho_game import ROM_SUFFIXES, rom_info
+from timely_tools.games.jericho_game import ROM_SUFFIXES, rom_info
 
 NO_ROM = (
     "games/jericho-v1 needs rom=<a Z-machine game file, or a directory of them> that Jericho "

@@ -3,7 +3,7 @@
 TextWorld builds a house of rooms and a quest of ``quest_length`` moves, states the quest as its
 objective, and compiles it to a Z-machine story; the walkthrough is the quest's own commands.
 Difficulty d picks the world size, number of objects and quest length from :data:`LEVELS`.
-Games are cached on disk (see :mod:`tools.games.textworld_game`), so only the first use of an
+Games are cached on disk (see :mod:`timely_tools.games.textworld_game`), so only the first use of an
 instance pays the generation (about 0.5-5 s).
 
 Splits are disjoint by construction: train instances use even TextWorld seeds and test
@@ -27,7 +27,7 @@ from timely_eval.tasks.games.base import (
     check_level,
     check_split,
 )
-from tools.games.textworld_game import TextWorldOptions, generate_game
+from timely_tools.games.textworld_game import TextWorldOptions, generate_game
 
 # difficulty -> (world size in rooms, objects, quest length in moves)
 LEVELS: dict[int, tuple[int, int, int]] = {

@@ -28,9 +28,9 @@ from timely_eval.tasks.games.base import (
     check_split,
     check_tool_set,
 )
-from tools.games.treasure.engine import TreasureGame
-from tools.games.treasure.solver import move_command, walkthrough
-from tools.games.treasure.world import MAX_DIFFICULTY, World, world_for
+from timely_tools.games.treasure.engine import TreasureGame
+from timely_tools.games.treasure.solver import move_command, walkthrough
+from timely_tools.games.treasure.world import MAX_DIFFICULTY, World, world_for
 
 _MAX_ATTEMPTS = 1000  # a draw is kept with probability 1/2
 

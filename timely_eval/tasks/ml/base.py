@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from timely.errors import TaskError, ToolError
 from timely.task import ScriptedSolution, Task, TaskSpec
 from timely.types import ToolCall
-from tools.ml import blas, recipe
-from tools.ml.data import (
+from timely_tools.ml import blas, recipe
+from timely_tools.ml.data import (
     METRICS,
     decode_receipt,
     encode_receipt,
@@ -67,7 +67,7 @@ class Dataset:
         targets: the submission's prediction column(s) (class names for ``one_hot``).
         label_column: the training column holding the target.
         kind: ``classification`` or ``regression``.
-        metric: one of :data:`tools.ml.data.METRICS`.
+        metric: one of :data:`timely_tools.ml.data.METRICS`.
         fmt: submission format: ``label``, ``probability`` (binary) or ``one_hot``.
         test_labels: private labels (text) or values, in ``test.csv`` row order.
         reference: the strong model, ``(estimator, params)``; the oracle submits it.
@@ -130,7 +130,7 @@ def calibrate(data: Dataset) -> Calibration:
         raise TaskError(f"{data.name}: {len(public['test_ids'])} test rows but {n} labels")
 
     def receipt(spec: tuple[str, dict[str, Any]]) -> str:
-        with blas.one_thread():  # as the tool server and the sandbox fit (tools.ml.blas)
+        with blas.one_thread():  # as the tool server and the sandbox fit (timely_tools.ml.blas)
             model = recipe.fit(spec[0], data.kind, spec[1], public["x_train"], y)
             preds = recipe.predict(model, data.kind, public["x_test"])
         return encode_receipt(data.fp, data.kind, preds)

@@ -28,8 +28,8 @@ from timely.errors import TaskError
 from timely.task import SPLITS, Split, register_task
 from timely_eval.tasks.math.data import pool_split
 from timely_eval.tasks.ml.base import Calibration, Dataset, MLTask, calibrate
-from tools.ml import recipe
-from tools.ml.data import CLASSIFICATION_METRICS, METRICS, REGRESSION_METRICS
+from timely_tools.ml import recipe
+from timely_tools.ml.data import CLASSIFICATION_METRICS, METRICS, REGRESSION_METRICS
 
 
 def task_dirs(path: Path) -> list[Path]:

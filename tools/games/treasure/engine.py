@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tools.games.common import GameSession, quote, win_message
-from tools.games.treasure.world import DIRECTIONS, Lockable, Room, Target, World
+from timely_tools.games.common import GameSession, quote, win_message
+from timely_tools.games.treasure.world import DIRECTIONS, Lockable, Room, Target, World
 
 _ABBREV = {"n": "north", "s": "south", "e": "east", "w": "west"}
 _ARTICLES = {"the", "a", "an", "some"}

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from tools.games.treasure.engine import TreasureGame
-from tools.games.treasure.world import Exit, World
+from timely_tools.games.treasure.engine import TreasureGame
+from timely_tools.games.treasure.world import Exit, World
 
 Move = tuple[str, dict[str, Any]]  # (move tool name, its arguments)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.app import ServerConfig, running_server
 from tests.helpers.env import in_process_tools
 from tests.helpers.tiny_model import tiny_tokenizer
 from tests.helpers.token_server import ScriptedTokenServer
@@ -14,6 +13,7 @@ from timely.errors import ConfigError, ToolServerUnavailable, TrainingDataError
 from timely.toolclient import ToolClient
 from timely.train.verl.rollout import AgentSettings, play_row, row_task
 from timely.types import EndReason
+from timely_server.app import ServerConfig, running_server
 
 
 @pytest.fixture
