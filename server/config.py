@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from timely.configs import resolve_config
 from timely.errors import ConfigError
 from timely_server.faults import FaultConfig, FaultField, FaultSpec
 from timely_server.latency import LatencyConfig, LatencySpec
@@ -144,7 +145,7 @@ class ServerConfig(BaseModel):
         """A config whose latencies come from a latency profile.
 
         Args:
-            profile: a profile name in ``configs/latency/`` (``"slow"``) or a YAML path.
+            profile: a shipped profile's name (``"slow"``) or a YAML path.
             **overrides: other fields; an explicit ``latency`` replaces the profile's default
                 and ``per_tool_latency`` entries win over the profile's.
 
@@ -165,14 +166,19 @@ def build_server_config(config_file: str | Path | None = None, **fields: Any) ->
     do not override the file). A ``latency_profile`` (from either) supplies the latencies that
     ``latency`` and ``per_tool_latency`` do not.
 
+    Args:
+        config_file: a shipped server config's name (``example``) or a YAML path.
+        **fields: ServerConfig fields; None, ``{}`` and ``[]`` mean unset.
+
     Raises:
-        timely.errors.ConfigError: unreadable file or unknown profile.
+        timely.errors.ConfigError: unknown name, unreadable file or unknown profile.
         pydantic.ValidationError: an invalid or unknown field.
     """
     data: dict[str, Any] = {}
     if config_file is not None:
+        config_file = resolve_config("server", config_file)
         try:
-            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read server config {str(config_file)!r}: {exc}") from None
         if not isinstance(loaded, dict):

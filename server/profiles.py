@@ -1,4 +1,4 @@
-"""Named latency profiles: YAML files under ``configs/latency/`` (``fast``, ``slow``, ...).
+"""Named latency profiles: the shipped ``timely/configs/latency/`` files (``fast``, ``slow``, ...).
 
 A sweep over tool speed is the paper's main experiment, so the grid points are files with
 documented values rather than numbers retyped on every command line. A profile holds a default
@@ -9,18 +9,15 @@ explicit ``ServerConfig.per_tool_latency`` entry for an unknown tool is still an
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from timely.configs import config_names, resolve_config
 from timely.errors import ConfigError
 from timely_server.latency import ConstantLatency, LatencySpec
-
-# configs/latency/ of the source tree (the package is installed editable from it).
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "latency"
 
 
 class LatencyProfile(BaseModel):
@@ -53,32 +50,21 @@ def _relative_to(spec: Any, base: Path) -> Any:
 
 
 def available_profiles() -> list[str]:
-    """Names of the profiles shipped in ``configs/latency/``."""
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    """Names of the shipped profiles (``timely/configs/latency/``)."""
+    return config_names("latency")
 
 
 def load_latency_profile(name_or_path: str | Path) -> LatencyProfile:
     """Load a profile by name (``"slow"``) or from a YAML file path.
 
     Args:
-        name_or_path: a name in ``configs/latency/`` or a path to a YAML file.
+        name_or_path: a shipped profile's name or a path to a YAML file.
 
     Raises:
-        ConfigError: unknown name (with the available ones), unreadable or invalid file.
+        ConfigError: unknown name (with the available ones), missing, unreadable or invalid
+            file.
     """
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
-        path = Path(text)
-    else:
-        path = PROFILE_DIR / f"{text}.yaml"
-        if not path.is_file():
-            names = available_profiles()
-            close = difflib.get_close_matches(text, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown latency profile {text!r}.{hint} Available: {', '.join(names)}; "
-                "or pass a path to a YAML file."
-            )
+    path = resolve_config("latency", name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:

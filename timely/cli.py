@@ -74,7 +74,10 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
 @app.command()
 def run(
     overrides: Overrides = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML run config.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help="Run config: a shipped name (math-smoke) or a YAML path."),
+    ] = None,
     task: Annotated[str | None, typer.Option(help="Task id (see `timely tasks`).")] = None,
     policy: Annotated[
         str | None,
@@ -135,7 +138,7 @@ def run(
     )
     for key, value in _key_values(task_option, "-T").items():  # difficulty is a field of its own
         flags.append(f"{'' if key == 'difficulty' else 'task_options.'}{key}={json.dumps(value)}")
-    cfg = load_config(RunConfig, config, [*flags, *(overrides or [])])
+    cfg = load_config(RunConfig, config, [*flags, *(overrides or [])], kind="run")
     console.print(
         f"[bold]timely run[/] {cfg.task} · {cfg.policy} · budget "
         + (f"{cfg.budget.seconds:g}s" if cfg.budget.seconds else "the task's default")
@@ -191,7 +194,11 @@ def policies() -> None:
 @app.command("tool-server")
 def tool_server_cmd(
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML ServerConfig (flags override it).")
+        str | None,
+        typer.Option(
+            "--config",
+            help="ServerConfig: a shipped name (example) or a YAML path (flags override it).",
+        ),
     ] = None,
     host: Annotated[
         str | None, typer.Option(help="Bind address (default 127.0.0.1, loopback).")
@@ -204,8 +211,8 @@ def tool_server_cmd(
         str | None,
         typer.Option(
             "--latency-profile",
-            help="Profile in configs/latency/ (zero, fast, medium, slow, very-slow, "
-            "jericho-reference) or a YAML path.",
+            help="A shipped profile (zero, fast, medium, slow, very-slow, jericho-reference) "
+            "or a YAML path.",
         ),
     ] = None,
     tool_latency: Annotated[
@@ -300,7 +307,7 @@ def tool_server_cmd(
 @app.command("serve")
 def serve_cmd(
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML ServeConfig (flags override it).")
+        str | None, typer.Option("--config", help="YAML ServeConfig (flags override it).")
     ] = None,
     policy: Annotated[
         str | None,
@@ -365,7 +372,7 @@ def serve_cmd(
     from timely.serve.app import serve
     from timely.serve.config import ServeConfig
 
-    base = load_config(ServeConfig, config)
+    base = load_config(ServeConfig, config, kind="serve")
     flags = {
         "policy": policy,
         "tools": tools,
@@ -442,7 +449,7 @@ def show(
 def eval_cmd(
     overrides: Overrides = None,
     suite: Annotated[
-        str, typer.Option(help="Suite name in configs/eval (smoke, standard) or a YAML path.")
+        str, typer.Option(help="A shipped suite (smoke, anytime, standard) or a YAML path.")
     ] = "smoke",
     policy: Annotated[
         list[str] | None,

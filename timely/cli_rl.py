@@ -1,7 +1,7 @@
 """The ``timely-rl`` launcher: cold-start SFT and Timely-RL on the embedded model, one command.
 
-    timely-rl --config configs/train/smollm2_cpu.yaml [stage=sft|rl|all] [key=value ...]
-    timely-rl --config configs/train/smollm2_cpu.yaml --dry-run rl.steps=5
+    timely-rl --config smollm2_cpu [stage=sft|rl|all] [key=value ...]   # a shipped config
+    timely-rl --config configs/train/smollm2_cpu.yaml --dry-run rl.steps=5   # or a YAML path
     timely-rl reward --variant paper          # print the reward curve
     timely-rl ship runs/train                 # ship the RL adapter as hf:smollm2-135m-timely
     timely-rl export-gguf --adapter DIR --out model.gguf   # merged, for llamacpp:FILE
@@ -63,7 +63,11 @@ def train_main(argv: list[str]) -> int:
         description=TRAIN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML config, e.g. configs/train/smollm2_cpu.yaml")
+    parser.add_argument(
+        "--config",
+        help="A shipped train config (smollm2_cpu, verl_smoke, verl_qwen3_1p7b, verl_qwen3_8b) "
+        "or a YAML path.",
+    )
     parser.add_argument("--dry-run", action="store_true", help="Print the resolved config.")
     parser.add_argument(
         "--backend",
@@ -76,19 +80,21 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)  # options may sit between overrides
     console = Console(stderr=True)
     from timely.config import dump_yaml, load_config
+    from timely.configs import resolve_config
     from timely.train.config import TrainConfig
 
     try:
+        config_path = resolve_config("train", args.config) if args.config else None
         for item in args.overrides:
             if "=" not in item:
                 raise ConfigError(
                     f"{item!r} is neither a command ({', '.join(SUBCOMMANDS)}) nor a key=value "
                     "override; see `timely-rl --help`"
                 )
-        backend = args.backend or _config_backend(args.config)
+        backend = args.backend or _config_backend(config_path)
         if backend == "verl":
-            return verl_main(args.config, args.overrides, dry_run=args.dry_run, console=console)
-        config = load_config(TrainConfig, args.config, args.overrides)
+            return verl_main(config_path, args.overrides, dry_run=args.dry_run, console=console)
+        config = load_config(TrainConfig, config_path, args.overrides)
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -107,21 +113,25 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def _config_backend(path: str | None) -> str:
+def _config_backend(path: Path | None) -> str:
     """The ``backend:`` a YAML config names (``local`` when it names none)."""
     if not path:
         return "local"
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return "local"  # load_config reports the problem
     return str(data.get("backend", "local")) if isinstance(data, dict) else "local"
 
 
 def verl_main(
-    config_path: str | None, overrides: list[str], *, dry_run: bool, console: Console
+    config_path: str | Path | None,
+    overrides: list[str],
+    *,
+    dry_run: bool,
+    console: Console,
 ) -> int:
     """``timely-rl --backend verl``: print the plan (``--dry-run``) or run it."""
     from timely.config import load_config

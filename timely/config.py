@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from timely.budget import Budget
+from timely.configs import resolve_config
 from timely.errors import ConfigError
 from timely.loop import EpisodeOptions
 
@@ -85,18 +86,24 @@ class RunConfig(BaseModel):
 
 
 def load_config(
-    model: type[M], path: str | Path | None = None, overrides: list[str] | None = None
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    kind: str | None = None,
 ) -> M:
     """Resolve a config: defaults < YAML file < ``a.b=c`` overrides.
 
     Args:
         model: the pydantic config class.
-        path: optional YAML file.
+        path: optional YAML file, or with ``kind`` the name of a shipped config.
         overrides: ``key.sub=value`` strings; values are parsed as YAML scalars/lists/maps.
+        kind: the shipped configs ``path`` may name (``"train"``, ``"run"``; see
+            :mod:`timely.configs`); None: ``path`` is a path.
     """
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_config(kind, path) if kind is not None else Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
         loaded = yaml.safe_load(p.read_text()) or {}

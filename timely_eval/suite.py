@@ -1,11 +1,12 @@
 """Suites: what a Timely-Eval run plays, as one typed, validated config.
 
-A suite is a YAML file (``configs/eval/smoke.yaml``) naming tasks, policies, a tool-latency grid,
-a budget grid and the episode settings. It is loaded like every config in the project
-(:func:`timely.config.load_config`: defaults < YAML < ``key=value`` overrides, unknown keys fail
-with a did-you-mean) and then narrowed for one invocation (``--tasks``, ``--policy``). Everything
-the runner, the calibration pass and the Ray workers need is in this one frozen object, so a
-worker can rebuild an episode from it and a run directory records it in full.
+A suite is a YAML file (``--suite smoke`` names the shipped ``timely/configs/eval/smoke.yaml``)
+naming tasks, policies, a tool-latency grid, a budget grid and the episode settings. It is
+loaded like every config in the project (:func:`timely.config.load_config`: defaults < YAML <
+``key=value`` overrides, unknown keys fail with a did-you-mean) and then narrowed for one
+invocation (``--tasks``, ``--policy``). Everything the runner, the calibration pass and the Ray
+workers need is in this one frozen object, so a worker can rebuild an episode from it and a run
+directory records it in full.
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from timely.budget import TIME_AWARENESS_PRESETS, Overrun, TimeAwareness
 from timely.clock import SpeedProfile, speed_profile
 from timely.config import load_config
+from timely.configs import resolve_config
 from timely.errors import ConfigError, PolicyError
 from timely.loop import EpisodeOptions
-
-# Where `--suite NAME` is looked up: ./configs/eval, then the configs/eval of the checkout the
-# package runs from. configs/eval is the one source of truth; nothing is copied.
-SUITES_DIR = Path(__file__).resolve().parent.parent / "configs" / "eval"
 
 # The reference release's budget multipliers (of a policy's own unconstrained time per item).
 REFERENCE_MULTIPLIERS: dict[str, list[float]] = {
@@ -421,26 +419,12 @@ def matches(task_id: str, pattern: str) -> bool:
 
 
 def suite_path(name_or_path: str | Path) -> Path:
-    """Resolve ``--suite``: a YAML path, or a name looked up in configs/eval.
+    """Resolve ``--suite``: a shipped suite's name (``smoke``) or a YAML path.
 
     Raises:
-        ConfigError: nothing found; the message lists the suites that exist.
+        ConfigError: an unknown name (the message lists the shipped suites) or a missing file.
     """
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise ConfigError(f"suite file {p} does not exist")
-        return p
-    dirs = [Path.cwd() / "configs" / "eval", SUITES_DIR]
-    for d in dirs:
-        for ext in (".yaml", ".yml"):
-            if (d / f"{name_or_path}{ext}").exists():
-                return d / f"{name_or_path}{ext}"
-    known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.y*ml")})
-    raise ConfigError(
-        f"unknown suite {str(name_or_path)!r}; known suites: {', '.join(known) or '(none)'} "
-        f"(in {SUITES_DIR}), or pass a path to a YAML file"
-    )
+    return resolve_config("eval", name_or_path)
 
 
 def load_suite(name_or_path: str | Path, overrides: list[str] | None = None) -> Suite:

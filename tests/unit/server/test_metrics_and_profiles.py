@@ -89,7 +89,7 @@ def test_profile_errors(tmp_path):
     bad.write_text("default: sometimes\n")
     with pytest.raises(ConfigError, match="Valid forms"):
         load_latency_profile(bad)
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_latency_profile(tmp_path / "missing.yaml")
 
 
