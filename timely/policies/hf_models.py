@@ -175,7 +175,7 @@ def shipped_adapter_path(name: str) -> Path:
     if not (path / "adapter_config.json").is_file():
         raise PolicyError(
             f"the shipped adapter {name!r} is missing from {_ADAPTER_ROOT}; train one with "
-            "`timely-rl --config configs/train/smollm2_cpu.yaml` and ship it with "
+            "`timely-rl --config smollm2_cpu` and ship it with "
             "`timely-rl ship RUN_DIR`"
         )
     return path

@@ -31,7 +31,7 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
     if not (src / "adapter_config.json").is_file() or not weights.is_file():
         raise FileNotFoundError(
             f"{src} holds no peft adapter (adapter_config.json + adapter_model.safetensors); "
-            "train one first: timely-rl --config configs/train/smollm2_cpu.yaml"
+            "train one first: timely-rl --config smollm2_cpu"
         )
     verify_adapter(src, required=False)  # never ship a run's adapter that no longer matches
     dest = (root or _ADAPTER_ROOT) / name
