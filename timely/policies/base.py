@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from timely.clock import Clock
 from timely.errors import ConfigError
+from timely.extras import require_extra
 from timely.registry import Registry
 from timely.types import Completion, Message
 
@@ -123,6 +124,11 @@ _BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The optional extra each built-in backend needs (timely/extras.py): checked before its module
+# is imported, so a light install says which `pip install` line fixes it.
+_BACKEND_EXTRAS: dict[str, str] = {"hf": "hf", "llamacpp": "llamacpp"}
+
+
 def backend_help() -> dict[str, str]:
     """Prefix -> one-line help, for ``timely policies`` (imports nothing heavy)."""
     out = {prefix: help for prefix, (_, help) in _BUILTIN_BACKENDS.items()}
@@ -180,6 +186,7 @@ def _backend(spec: str) -> tuple[str, str]:
 
     Raises:
         ConfigError: the spec has no prefix, or names no backend (did-you-mean).
+        MissingExtra: the backend's optional extra is not installed (the install line).
     """
     prefix, sep, name = spec.partition(":")
     if not sep or not prefix:
@@ -187,6 +194,8 @@ def _backend(spec: str) -> tuple[str, str]:
             f"policy spec {spec!r} must look like PREFIX:NAME, e.g. scripted:oracle or "
             "hf:smollm2-135m (`timely policies` lists the backends)"
         )
+    if prefix in _BACKEND_EXTRAS:
+        require_extra(_BACKEND_EXTRAS[prefix], f"the {prefix}: policy")
     if prefix in _BUILTIN_BACKENDS and prefix not in POLICY_BACKENDS:
         importlib.import_module(_BUILTIN_BACKENDS[prefix][0])
     if prefix not in POLICY_BACKENDS:

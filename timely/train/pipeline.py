@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from timely.extras import require_extra
 from timely.registry import load_object
 from timely.runrecord import write_run_record
 from timely.train.config import TrainConfig
@@ -36,7 +37,12 @@ def run_chain(config: TrainConfig) -> dict[str, Path]:
     ``stage=all`` runs data, sft, rl, the no-time-reward ablation (``ablation=true``) and the
     eval in order; ``stage=rl`` starts RL from ``config.init`` or the SFT adapter under
     ``out/sft`` if there is one.
+
+    Raises:
+        MissingExtra: the [train] extra (torch, transformers, peft, datasets) is not installed;
+            checked before any stage starts.
     """
+    require_extra("train", "timely-rl training")
     import torch
 
     torch.set_num_threads(config.threads)

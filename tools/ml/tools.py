@@ -30,6 +30,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from timely.clock import wall_seconds
+from timely.extras import MissingExtra, require_extra
 from timely.rng import make_rng
 from timely_tools.base import ToolContext, ToolInputError, tool
 from timely_tools.ml import blas, recipe, work
@@ -261,6 +262,10 @@ _SETUP_SCHEMA: dict[str, Any] = {
 )
 async def ml_setup(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Write the public files into the session workspace and parse train/test."""
+    try:  # every ML episode starts here: a light install says which extra the server lacks
+        require_extra("ml", "the ML tools")
+    except MissingExtra as exc:
+        raise ToolInputError(str(exc)) from None
     if ctx.state is None:
         raise ToolInputError("ml_setup needs a session")
     if ML_KEY in ctx.state:

@@ -43,6 +43,7 @@ import yaml
 
 from timely.config import config_hash, dump_yaml
 from timely.errors import ConfigError
+from timely.extras import require_extra
 from timely.tool_servers import tool_server_process
 from timely.train.verl.config import AGENT_NAME, VerlConfig, verl_overrides
 from timely.train.verl.rollout import AgentSettings
@@ -276,8 +277,11 @@ def _check_health(latency: str, url: str) -> None:
 
 
 # What verl 0.9.1's trainer path imports that its base wheel may lack, and what installs it.
-_GPU_ENV = "the GPU environment (requirements/verl-gpu.txt; the steps are in docs/scale.md)"
-_TRANSFER_QUEUE = "pip install TransferQueue==0.1.11 (it is in requirements/verl-gpu.txt)"
+_GPU_ENV = (
+    "the GPU environment, from the repository root: pip install -e '.[verl]' -r "
+    "requirements/verl-gpu.txt (docs/scale.md)"
+)
+_TRANSFER_QUEUE = "pip install TransferQueue==0.1.11 (the [verl] extra brings it)"
 _FLASH_ATTN = "pip install flash-attn --no-build-isolation (after torch, in the GPU environment)"
 
 
@@ -305,8 +309,11 @@ def preflight(config: VerlConfig) -> None:
     """Fail before any work when the interpreter that runs verl lacks a module the run imports.
 
     Raises:
+        MissingExtra: this interpreter lacks what the launcher itself needs (the tokenizer that
+            calibrates the data, HF datasets that write it): the [train] extra.
         ConfigError: naming every missing module and the line that installs it.
     """
+    require_extra("train", "timely-rl --backend verl (its data export)")
     python = config.verl.python or sys.executable
     needed = trainer_imports(config)
     probe = subprocess.run(

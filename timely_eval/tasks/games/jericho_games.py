@@ -85,6 +85,7 @@ class JerichoTask(GameTask):
 
     task_id: ClassVar[str] = "games/jericho-v1"
     requires_options: ClassVar[bool] = True
+    requires_extra: ClassVar[str | None] = "jericho"
 
     def __init__(
         self,

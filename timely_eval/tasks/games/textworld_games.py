@@ -67,6 +67,7 @@ class TextWorldTask(GameTask):
     # optional TextWorld package and seconds per new game, so tests/unit/tasks/test_games.py
     # checks it on a few seeds with a temporary cache.
     requires_options: ClassVar[bool] = True
+    requires_extra: ClassVar[str | None] = "games"
 
     def __init__(
         self,

@@ -280,6 +280,7 @@ class HFTask(DataTask):
     """
 
     task_id = "math/hf-v1"
+    requires_extra = "data"  # read through HF datasets, local files too
 
     def __init__(
         self,

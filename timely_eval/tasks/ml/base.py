@@ -184,6 +184,7 @@ class MLTask(Task):
     """Base of the ML family; subclasses build :attr:`data` and call :meth:`_finish`."""
 
     family: ClassVar[str] = "ml"
+    requires_extra: ClassVar[str | None] = "ml"  # scikit-learn fits; pandas for the programs
     task_id: ClassVar[str]
     mode: ClassVar[str] = "tools"
     budget_s: ClassVar[float] = 180.0
