@@ -12,6 +12,7 @@ this table names only packages the extra of that name (or one it includes) decla
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from timely.errors import ConfigError
 
@@ -59,7 +60,17 @@ def missing_modules(extra: str) -> list[str]:
     Raises:
         KeyError: ``extra`` is not one of :data:`EXTRAS`.
     """
-    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    return [name for name in EXTRAS[extra] if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    """Whether top-level module ``name`` can be imported, without importing it."""
+    if name in sys.modules:  # imported already, or set to None: "do not import"
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken installation counts as missing
+        return False
 
 
 def require_extra(extra: str | None, what: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 from timely.budget import Budget
 from timely.clock import VirtualClock
 from timely.errors import TaskError
+from timely.extras import MissingExtra
 from timely.loop import run_episode
 from timely.policies.base import make_policy
 from timely.task import TASKS, make_task, task_names
@@ -288,7 +289,7 @@ def test_textworld_reused_environment_plays_like_a_fresh_one(tw_cache):
 
 def test_textworld_without_the_package_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "textworld", None)
-    with pytest.raises(TaskError, match=r"pip install 'timely-machine\[games\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'timely-machine\[games\]'"):
         make_task("games/textworld-v1", seed=0, cache_dir=tmp_path)
 
 
@@ -368,6 +369,7 @@ async def test_jericho_plays_user_roms_through_the_loop(fake_jericho):
 
 
 def test_jericho_errors_are_clear(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "jericho", types.ModuleType("jericho"))
     with pytest.raises(TaskError, match="needs rom="):
         make_task("games/jericho-v1", seed=0)
     with pytest.raises(TaskError, match="no game file or directory"):
@@ -375,7 +377,7 @@ def test_jericho_errors_are_clear(monkeypatch, tmp_path):
     rom = tmp_path / "zork1.z5"
     rom.write_bytes(b"\0" * 64)
     monkeypatch.setitem(sys.modules, "jericho", None)
-    with pytest.raises(TaskError, match=r"pip install jericho.*game file you supply"):
+    with pytest.raises(MissingExtra, match=r"pip install 'timely-machine\[jericho\]'"):
         make_task("games/jericho-v1", seed=0, rom=rom)
 
 
