@@ -42,7 +42,7 @@ browser:
 # The verl backend against verl itself (CPU): its own venv, because verl 0.9.1 pins an older
 # transformers than .venv's (requirements/verl-cpu.txt), with TransferQueue, which
 # verl's default (v1) trainer path imports; the tests run that path's rollout worker code on
-# rollouts our loop plays. From a fresh venv about 5.5 minutes on 2 cores (3.5 to build, 2 to test).
+# rollouts our loop plays. From a fresh venv about 6.5 minutes on 2 cores (3.5 to build, 3 to test).
 VERL_VENV ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.installed
 
@@ -55,11 +55,13 @@ $(VERL_STAMP): pyproject.toml requirements/verl-cpu.txt
 	touch $(VERL_STAMP)
 
 # This venv also holds the fastapi that vLLM pins (<0.137, requirements/verl-cpu.txt): the tool
-# server's and `timely serve`'s unit and loopback tests run on it too (about 45 s of the total).
+# server's and `timely serve`'s unit, loopback and schema (schemathesis) tests run on it too
+# (about 75 s of the test time).
 VERL_SERVER_TESTS := tests/unit/server tests/unit/serve tests/integration/test_server_loopback.py \
 	tests/integration/test_mcp_loopback.py tests/integration/test_serve_loopback.py \
 	tests/integration/test_bad_inputs_loopback.py tests/integration/test_body_limits_loopback.py \
-	tests/integration/test_server_waits.py tests/integration/test_server_kill.py
+	tests/integration/test_server_waits.py tests/integration/test_server_kill.py \
+	tests/integration/test_schemathesis_api.py
 
 test-verl: $(VERL_STAMP)
 	$(VERL_VENV)/bin/python -c "import fastapi, starlette, verl; \
