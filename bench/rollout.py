@@ -188,11 +188,12 @@ def warm_up(model: Any, tokenizer: Any, precision: str) -> None:
 
 
 def compare_groups(
-    model: Any, tokenizer: Any, task: str, precision: str, quick: bool
+    model: Any, tokenizer: Any, task: str, precisions: dict[str, str], quick: bool
 ) -> dict[str, dict]:
-    config = group_config(task, precision, quick)
+    """Today's engine and the new one on the same group, each in its own precision."""
     out = {}
     for name, kv_reuse in ENGINES.items():
+        config = group_config(task, precisions[name], quick)
         r = asyncio.run(play_group(model, tokenizer, config, kv_reuse))
         say(
             f"  {task} {name:5s}: {r['episodes']} episodes, {r['turns']:.1f} turns, "
@@ -296,7 +297,7 @@ def group_first_turn(model: Any, tokenizer: Any, precision: str) -> dict[str, fl
 
 
 # --- Timely-Eval --------------------------------------------------------------------------------
-def eval_wall(rows: str) -> dict[str, float]:
+def eval_wall(rows: str, precisions: dict[str, str]) -> dict[str, float]:
     """Wall seconds of the smoke suite's hf: rows with each engine (fresh run directories).
 
     Args:
@@ -322,7 +323,9 @@ def eval_wall(rows: str) -> dict[str, float]:
     walls = {}
     for name, kv_reuse in ENGINES.items():
         policies = [
-            p.model_copy(update={"options": {**p.options, **engine(kv_reuse)}})
+            p.model_copy(
+                update={"options": {**p.options, **engine(kv_reuse), "precision": precisions[name]}}
+            )
             for p in suite.policies
         ]
         run = suite.model_copy(update={"policies": policies})
@@ -367,6 +370,14 @@ def main() -> None:
         default="fp32",
         help="Rollout precision of both engines (and of the matmul ceiling).",
     )
+    ap.add_argument(
+        "--new-precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="The new engine's rollout precision (default: --precision). bf16 decodes a bf16 "
+        "copy of the weights (the engine's option; today's engine stays at --precision), and "
+        "the compute ceiling is then the bf16 matmul's.",
+    )
     ap.add_argument("--quick", action="store_true", help="About 3 minutes; not for the record.")
     ap.add_argument(
         "--eval-rows",
@@ -379,28 +390,34 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     began = wall_seconds()
-    say(f"threads={args.threads} precision={args.precision} quick={args.quick} model={MODEL}")
+    new_precision = args.new_precision or args.precision
+    precisions = {"today": args.precision, "new": new_precision}
+    say(
+        f"threads={args.threads} precision={args.precision} new engine {new_precision} "
+        f"quick={args.quick} model={MODEL}"
+    )
     v = Verdict()
     if args.eval_only:
-        compare_eval(args.eval_rows, v)
+        compare_eval(args.eval_rows, precisions, v)
         finish(v, began, args)
         return
     llamacpp = llamacpp_one_sequence(args.threads)
     say(f"raw llama.cpp, one sequence: {llamacpp:.1f} tok/s")
-    flops = matmul_flops(args.precision)
+    flops = matmul_flops(new_precision)
     model, tokenizer = load_model(MODEL)
     params = sum(p.numel() for p in model.parameters())
     ceiling = flops / (2 * params)
     say(
-        f"matmul {flops / 1e9:.0f} GFLOP/s ({args.precision}): ceiling {ceiling:.0f} processed "
+        f"matmul {flops / 1e9:.0f} GFLOP/s ({new_precision}): ceiling {ceiling:.0f} processed "
         f"tok/s for {params / 1e6:.1f}M parameters"
     )
 
-    warm_up(model, tokenizer, args.precision)
+    for precision in sorted(set(precisions.values())):
+        warm_up(model, tokenizer, precision)
     say("GRPO group, arithmetic (G=8):")
-    arith = compare_groups(model, tokenizer, "math/arithmetic-v1", args.precision, args.quick)
+    arith = compare_groups(model, tokenizer, "math/arithmetic-v1", precisions, args.quick)
     say("GRPO group, treasure (G=8):")
-    treasure = compare_groups(model, tokenizer, "games/treasure-v1", args.precision, args.quick)
+    treasure = compare_groups(model, tokenizer, "games/treasure-v1", precisions, args.quick)
     for tag, res, goal in (("arithmetic", arith, 3.0), ("treasure", treasure, 6.0)):
         for figure in ("episodes_per_s", "gen_tokens_per_s"):
             ratio = res["new"][figure] / res["today"][figure]
@@ -425,7 +442,7 @@ def main() -> None:
         v.report("full_prefills_new", sum(s.get("full_prefills", 0) for s in reuse))
 
     say("decode batch of 16 (new engine):")
-    batch16 = decode_batch(model, tokenizer, args.precision)
+    batch16 = decode_batch(model, tokenizer, new_precision)
     say(f"  batch 16 {batch16:.1f} tok/s, raw llama.cpp one sequence {llamacpp:.1f} tok/s")
     v.report("decode_batch16_tok_s", batch16)
     v.report("llamacpp_one_sequence_tok_s", llamacpp)
@@ -433,7 +450,7 @@ def main() -> None:
 
     if not args.quick:
         say("group first turn, batched against one by one:")
-        first = group_first_turn(model, tokenizer, args.precision)
+        first = group_first_turn(model, tokenizer, new_precision)
         say(
             f"  batched {first['batched_tok_s']:.1f} tok/s, one by one "
             f"{first['one_by_one_tok_s']:.1f} tok/s"
@@ -442,14 +459,14 @@ def main() -> None:
             "group_first_turn_batched_over_one_by_one",
             first["batched_tok_s"] / first["one_by_one_tok_s"],
         )
-        compare_eval(args.eval_rows, v)
+        compare_eval(args.eval_rows, precisions, v)
     finish(v, began, args)
 
 
-def compare_eval(rows: str, v: Verdict) -> None:
+def compare_eval(rows: str, precisions: dict[str, str], v: Verdict) -> None:
     """The eval comparison's REPORT lines (no goal: the issue asks for the figure only)."""
     say(f"Timely-Eval, the smoke suite's hf: rows ({rows}):")
-    walls = eval_wall(rows)
+    walls = eval_wall(rows, precisions)
     v.report("eval_hf_rows_wall_s_today", walls["today"])
     v.report("eval_hf_rows_wall_s_new", walls["new"])
     v.report("eval_hf_rows_wall_new_over_today", walls["new"] / walls["today"])
