@@ -45,18 +45,25 @@ pytestmark = pytest.mark.timeout(300)
 
 class _Server:
     """verl's LLMServerClient: tags each output with the weight version it was sampled under
-    (``extra_fields``, as ``llm_server.py`` does); the version moves between calls."""
+    (``extra_fields``, as ``llm_server.py`` does); the version moves between calls.
+
+    ``versions[i]`` is the version of a session's i-th call (the last one repeats), counted per
+    request id: the sessions of a group run concurrently, so a global call count would give a
+    session that happened to start late a later first version.
+    """
 
     def __init__(self, inner: ScriptedTokenServer, versions: list[int] | None) -> None:
-        self.inner, self.versions, self.calls = inner, versions, 0
+        self.inner, self.versions = inner, versions
+        self.calls: dict[str, int] = {}
 
     async def generate(self, request_id, **kwargs):
         out = await self.inner.generate(request_id, **kwargs)
+        n = self.calls.get(request_id, 0)
         if self.versions is not None:
-            step = self.versions[min(self.calls, len(self.versions) - 1)]
+            step = self.versions[min(n, len(self.versions) - 1)]
             out.extra_fields = {"global_steps": step, "min_global_steps": step}
             out.extra_fields["max_global_steps"] = step
-        self.calls += 1
+        self.calls[request_id] = n + 1
         return out
 
 
@@ -181,8 +188,8 @@ def test_v1_worker_writes_rows_the_trainer_steps_on(tmp_path, monkeypatch):
     def check(cfg, tok, item):
         cfg_seen["cfg"] = cfg
         task, _ = row_task(item["extra_info"])
-        # The weights move from version 3 to 4 during the episode (an async weight sync).
-        server = _Server(ScriptedTokenServer(tok, solving_replies(task) * 2), [3, 3, 4])
+        # The weights move from version 3 to 4 during each episode (an async weight sync).
+        server = _Server(ScriptedTokenServer(tok, solving_replies(task) * 2), [3, 4])
         worker = v1_worker(cfg, tok, server, get_custom_reward_fn(cfg))
         run_group(worker, item, uid="g0", global_steps=3, queue=queue, monkeypatch=monkeypatch)
 
