@@ -263,7 +263,7 @@ _SETUP_SCHEMA: dict[str, Any] = {
 async def ml_setup(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Write the public files into the session workspace and parse train/test."""
     try:  # every ML episode starts here: a light install says which extra the server lacks
-        require_extra("ml", "the ML tools")
+        require_extra("ml", "ml_setup (the ML tools)")
     except MissingExtra as exc:
         raise ToolInputError(str(exc)) from None
     if ctx.state is None:
