@@ -6,19 +6,14 @@ schema documents, admin included) must get an answer that matches the documented
 5xx the server answers on purpose are checked to be exactly that: an injected-fault 503 that
 says so, and the 504 at a caller's deadline.
 
-Reproducible by default: the search is derandomized (Hypothesis derives its seed from the test,
-no example database), so `make test`, CI and a local run send the same requests and a failure
-seen once is seen again. ``TIMELY_RANDOM_SEARCH=1`` opts into a fresh random search (Hypothesis
-prints the seed of a failure: rerun it with ``--hypothesis-seed=<seed>``).
+Reproducible by default (``TIMELY_RANDOM_SEARCH=1`` searches afresh): tests/helpers/api_fuzz.py,
+shared with tests/integration/test_schemathesis_agent.py.
 """
 
-import os
-
 import schemathesis
-from hypothesis import HealthCheck, settings
-from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.helpers.api_fuzz import fuzz_config, fuzz_settings
 from timely_server.app import ServerConfig, create_app
 
 ADMIN = "admin-secret"
@@ -31,19 +26,8 @@ APP = create_app(
         hang_timeout_s=5,
     )
 )
-CONFIG = schemathesis.Config.from_dict(
-    {
-        "checks": {
-            # 503 (injected fault) and 504 (deadline) are by design; _deliberate_5xx checks them.
-            "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "503", "504"]},
-            # A schema-violating body can also be too long: 413 body_too_large rejects it too
-            # (a generated body over max_body_bytes was once counted as "accepted").
-            "negative_data_rejection": {
-                "expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]
-            },
-        },
-    }
-)
+# 503 (injected fault) and 504 (deadline) are by design; deliberate_5xx checks them.
+CONFIG = fuzz_config("503", "504")
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
 # Virtual clock: latencies (whatever an admin PUT sets them to) are reported, never waited.
 HEADERS = {"X-Timely-Clock": "virtual", "Authorization": f"Bearer {ADMIN}"}
@@ -63,12 +47,8 @@ def deliberate_5xx(ctx, response, case):
     return None
 
 
-RANDOM_SEARCH = os.environ.get("TIMELY_RANDOM_SEARCH") == "1"
-REPRODUCIBLE = {} if RANDOM_SEARCH else {"derandomize": True, "database": None}
-
-
 @schema.parametrize()
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), **REPRODUCIBLE)
+@fuzz_settings(max_examples=100)
 def test_api_conforms_to_its_schema(case):
     excluded = []
     if case.operation.path.startswith("/admin/") and case.method == "PUT":

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from timely import asgi
 from timely.budget import Budget
 from timely.errors import RegistryError, TaskError, ToolServerUnavailable
-from timely.policies.base import Policy
+from timely.policies.base import Policy, bind_policy
 from timely.rollout import Runtime
 from timely.runrecord import write_run_record
 from timely.serve.chat_task import ChatTask
@@ -51,19 +52,31 @@ from timely.serve.config import ServeConfig
 from timely.serve.errors import (
     ServeError,
     error_response,
+    error_responses,
     install_error_handlers,
     validation_message,
 )
 from timely.serve.metrics import ServeMetrics
+from timely.serve.openapi import METRICS_RESPONSES, chat_docs, document_auth, run_docs
 from timely.serve.runs import Run, RunManager, wait_for_run
-from timely.serve.schemas import ChatMessage, ChatRequest, RunRequest
+from timely.serve.schemas import (
+    ChatMessage,
+    ChatRequest,
+    Health,
+    ModelList,
+    RunDetail,
+    RunList,
+    RunRequest,
+    RunSummary,
+)
 from timely.task import Task, make_task
 from timely.toolclient import ToolBackend
-from timely.types import EndReason
+from timely.types import EndReason, Message
 
 log = logging.getLogger("timely.serve")
 
 BUDGET_HEADER = "x-timely-budget-s"
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 OPEN_PATHS = frozenset({"/health"})
 # With no event for this long a stream sends an SSE comment: proxies keep the connection and a
 # client that went away is noticed (the write fails) within this time.
@@ -72,19 +85,27 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class _Services:
-    """The policy and the tool backend, started once (at startup, or by the first request)."""
+    """The policy and the tool backend, started once (at startup, or by the first request).
+
+    ``close`` forgets what it built, so a lifespan that runs again (an app embedded in another,
+    test clients that each run it) starts anew instead of reusing a closed tool client.
+    """
 
     def __init__(
         self, config: ServeConfig, policy: Policy | None, tools: ToolBackend | None
     ) -> None:
         self.config = config
-        self.policy, self.tools = policy, tools
-        # What the endpoint builds itself (policy, tool backend) comes from a runtime it owns.
-        self._runtime = Runtime(tool_server=config.tools)
-        self._served: dict[str, dict[str, Any]] | None = None
+        self._given = (policy, tools)
         self._lock = asyncio.Lock()
-        self.manager: RunManager | None = None
         self.metrics = ServeMetrics()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.policy, self.tools = self._given
+        # What the endpoint builds itself (policy, tool backend) comes from a runtime it owns.
+        self._runtime = Runtime(tool_server=self.config.tools)
+        self._served: dict[str, dict[str, Any]] | None = None
+        self.manager: RunManager | None = None
 
     async def ready(self) -> RunManager:
         if self.manager is not None:
@@ -100,6 +121,13 @@ class _Services:
                     self.tools = await self._runtime.tools(self.config.tool_latency)
                 if self.config.out:
                     write_run_record(self.config.out, _recorded(self.config), seeds=[])
+                if (why := _cannot_chat(self.policy)) is not None:
+                    log.warning(
+                        "policy %s cannot answer conversations (%s): chat requests get 400 "
+                        "unsupported_by_policy; POST /v1/runs with a registered task works",
+                        self.policy.name,
+                        why,
+                    )
                 self.manager = RunManager(self.policy, self.tools, self.config, self.metrics)
         return self.manager
 
@@ -118,6 +146,18 @@ class _Services:
         if self.manager is not None:
             await self.manager.close()
         await self._runtime.aclose()  # the tool client and the policy it built, not given ones
+        self._reset()
+
+
+def _cannot_chat(policy: Policy) -> str | None:
+    """Why ``policy`` cannot play a conversation (a scripted policy replays a task's reference
+    solution, which a chat has not), or None when it can."""
+    probe = ChatTask([Message(role="user", content="hi")], (), 1, 1.0)
+    try:
+        bind_policy(policy, probe)
+    except TaskError as exc:
+        return str(exc)
+    return None
 
 
 def _recorded(config: ServeConfig) -> ServeConfig:
@@ -177,26 +217,47 @@ def create_app(
             message, param = validation_message(exc.errors())
             raise ServeError(422, "invalid_request", message, param=param) from None
 
-    def budget_of(request: Request, asked: float | None, default: float) -> Budget:
-        seconds = asked
-        if seconds is None and BUDGET_HEADER in request.headers:
-            raw = request.headers[BUDGET_HEADER]
-            try:
-                seconds = float(raw)
-            except ValueError:
-                raise ServeError(
-                    400, "invalid_request", f"X-Timely-Budget-S must be seconds, got {raw!r}"
-                ) from None
-        seconds = default if seconds is None else seconds
+    def checked_budget(seconds: float, name: str) -> float:
         if not (math.isfinite(seconds) and 0 < seconds <= config.max_budget_s):
             raise ServeError(
                 422,
                 "invalid_request",
-                f"time_budget_s must be > 0 and <= {config.max_budget_s:g} (this server's "
+                f"{name} must be > 0 and <= {config.max_budget_s:g} (this server's "
                 f"max_budget_s), got {seconds:g}",
-                param="time_budget_s",
+                param=name,
             )
-        return Budget(seconds=seconds)
+        return seconds
+
+    def budget_of(request: Request, asked: float | None, default: float) -> Budget:
+        """The body's budget, else the header's, else ``default``; a header that is sent is
+        checked even when the body overrides it (a malformed header is a client bug)."""
+        header: float | None = None
+        if BUDGET_HEADER in request.headers:
+            raw = request.headers[BUDGET_HEADER]
+            if _DECIMAL.fullmatch(raw.strip()) is None:  # float() also takes "1_0", "nan"
+                raise ServeError(
+                    400,
+                    "invalid_request",
+                    f"X-Timely-Budget-S must be a number of seconds such as 30, got {raw!r}",
+                    param="X-Timely-Budget-S",
+                )
+            header = checked_budget(float(raw), "X-Timely-Budget-S")
+        seconds = asked if asked is not None else header
+        return Budget(
+            seconds=checked_budget(default if seconds is None else seconds, "time_budget_s")
+        )
+
+    def playable(manager: RunManager, task: Task, param: str) -> None:
+        """400 now, before a run starts, if the served policy cannot play ``task``."""
+        try:
+            bind_policy(manager.policy, task)
+        except TaskError as exc:
+            raise ServeError(
+                400,
+                "unsupported_by_policy",
+                f"the served policy {manager.policy.name!r} cannot play this request: {exc}",
+                param=param,
+            ) from None
 
     async def chat_task(
         messages: list[ChatMessage], names: list[str] | None, budget: Budget, max_turns: int | None
@@ -244,7 +305,7 @@ def create_app(
         return task
 
     # -- native API -----------------------------------------------------------------------------
-    @app.post("/v1/runs", tags=["runs"], status_code=200)
+    @app.post("/v1/runs", tags=["runs"], status_code=200, **run_docs(config))
     async def create_run(request: Request) -> Response:
         """Run a task or a conversation under ``time_budget_s``."""
         manager = await services.ready()
@@ -256,6 +317,7 @@ def create_app(
             assert req.messages is not None
             budget = budget_of(request, req.time_budget_s, config.default_budget_s)
             task = await chat_task(req.messages, req.tools, budget, req.max_turns)
+        playable(manager, task, "task")
         run = manager.start("runs", task, budget, max_turns=req.max_turns)
         if not req.wait:
             return JSONResponse(
@@ -268,14 +330,19 @@ def create_app(
         await _wait_or_cancel(manager, run, request.receive)
         return JSONResponse(run.summary().model_dump(mode="json"))
 
-    @app.get("/v1/runs", tags=["runs"])
+    @app.get("/v1/runs", tags=["runs"], response_model=RunList, responses=error_responses(422))
     async def list_runs(limit: int = 50) -> dict[str, Any]:
         """The most recent runs, newest first (``limit`` at most 1000)."""
         manager = await services.ready()
         recent = list(manager.runs.values())[::-1][: max(1, min(limit, 1000))]
         return {"object": "list", "data": [r.summary().model_dump(mode="json") for r in recent]}
 
-    @app.get("/v1/runs/{run_id}", tags=["runs"])
+    @app.get(
+        "/v1/runs/{run_id}",
+        tags=["runs"],
+        response_model=RunDetail,
+        responses=error_responses(404, 422),
+    )
     async def get_run(run_id: str, trajectory: bool = False) -> dict[str, Any]:
         """A run's summary (``?trajectory=true``: with its full record, once it has ended)."""
         run = (await services.ready()).get(run_id)
@@ -284,7 +351,12 @@ def create_app(
             out["trajectory"] = run.trajectory.model_dump(mode="json")
         return out
 
-    @app.delete("/v1/runs/{run_id}", tags=["runs"])
+    @app.delete(
+        "/v1/runs/{run_id}",
+        tags=["runs"],
+        response_model=RunSummary,
+        responses=error_responses(404, 422),
+    )
     async def cancel_run(run_id: str) -> dict[str, Any]:
         """Cancel a run (its tool session is ended); a finished run is returned as it is."""
         manager = await services.ready()
@@ -296,7 +368,7 @@ def create_app(
         return run.summary().model_dump(mode="json")
 
     # -- OpenAI-compatible API ------------------------------------------------------------------
-    @app.get("/v1/models", tags=["openai"])
+    @app.get("/v1/models", tags=["openai"], response_model=ModelList)
     async def models() -> dict[str, Any]:
         """The one model this server serves (as ``id``; its bare name is accepted too)."""
         return {
@@ -304,7 +376,7 @@ def create_app(
             "data": [{"id": config.policy, "object": "model", "created": 0, "owned_by": "timely"}],
         }
 
-    @app.post("/v1/chat/completions", tags=["openai"])
+    @app.post("/v1/chat/completions", tags=["openai"], **chat_docs(config))
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completions; the agent runs its tool loop server-side."""
         manager = await services.ready()
@@ -323,6 +395,7 @@ def create_app(
         except ValueError as exc:
             raise ServeError(422, "invalid_request", str(exc), param="tools") from None
         task = await chat_task(req.messages, names, budget, req.max_turns)
+        playable(manager, task, "messages")
         run = manager.start("chat", task, budget, max_turns=req.max_turns)
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -333,7 +406,7 @@ def create_app(
         return JSONResponse(_chat_completion(run, req.model))
 
     # -- operations -----------------------------------------------------------------------------
-    @app.get("/health", tags=["ops"])
+    @app.get("/health", tags=["ops"], response_model=Health)
     async def health() -> dict[str, Any]:
         """Liveness (never needs a token)."""
         manager = services.manager
@@ -343,7 +416,7 @@ def create_app(
             "in_flight": manager.in_flight if manager else 0,
         }
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], responses=METRICS_RESPONSES)
     async def metrics() -> Response:
         """Prometheus metrics (``timely_*``)."""
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -351,6 +424,7 @@ def create_app(
     _mount_dashboard(app, [*(dashboard_dirs or []), *([Path(config.out)] if config.out else [])])
     if config.api_key:
         app.add_middleware(_BearerAuth, token=config.api_key)
+        document_auth(app, OPEN_PATHS)
     # Outermost, so early answers (401, 413) are drained too and reach the client intact.
     app.add_middleware(asgi.DrainUnreadBodyMiddleware, max_bytes=4 * limit)
     return app

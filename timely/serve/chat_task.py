@@ -55,7 +55,8 @@ class ChatTask(Task):
     def solution(self) -> ScriptedSolution:
         raise TaskError(
             "a chat request has no reference solution, so scripted policies cannot answer it; "
-            "send a registered task instead ({'task': 'math/arithmetic', ...} on /v1/runs)"
+            "send a registered task instead (POST /v1/runs with {'task': 'math/arithmetic', "
+            "'seed': 0}), or serve a model (timely serve --policy llamacpp:smollm2-135m)"
         )
 
     async def teardown(self, tools: Any, session_id: str) -> None:

@@ -8,13 +8,16 @@ and the native ``/v1/runs`` API answers the same shape, so one client-side branc
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("timely.serve")
 
@@ -23,6 +26,8 @@ ERROR_KINDS: dict[str, str] = {
     "invalid_json": "400: the body is not JSON",
     "invalid_request": "422: the body has the wrong shape or values",
     "unknown_tool": "400: a requested tool is not served by the tool server",
+    "unsupported_by_policy": "400: the served policy cannot play this request (a scripted "
+    "policy needs a registered task)",
     "unauthorized": "401: missing or wrong bearer token",
     "not_found": "404: no such route or run",
     "model_not_found": "404: the model is not the one this server serves",
@@ -76,13 +81,78 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every error response."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(description="What went wrong and what to send instead.")
+    type: str = Field(description="Machine-readable kind: " + ", ".join(ERROR_KINDS) + ".")
+    code: str = Field(description="The same as type (the openai client reads code).")
+    param: str | None = Field(None, description="The request field at fault, if one is.")
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+_DESCRIBED = {
+    400: "Not JSON, a bad header, a tool the tool server lacks, or a request the served policy "
+    "cannot play (unsupported_by_policy)",
+    401: "Missing or wrong bearer token (only when the server has an API key)",
+    404: "No such run, task or model",
+    405: "Method not allowed",
+    413: "Body larger than max_body_bytes",
+    422: "Body, query or header values fail validation",
+    429: "max_concurrent_runs runs in flight; see Retry-After",
+    502: "The model or the tool server failed during the run",
+    503: "The tool server cannot be reached",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses (for route decorators)."""
+    return {s: {"model": ErrorBody, "description": _DESCRIBED[s]} for s in statuses}
+
+
+# JSON type names for messages: what a client sent, in the words of its own language's JSON.
+_JSON_TYPES = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def json_type(value: Any) -> str:
+    """``value``'s JSON type, as a message says it ("a string", "an array", ...)."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def validation_message(errors: Any) -> tuple[str, str | None]:
-    """One line naming every failing field of a pydantic error, and the first field's path."""
+    """One line naming every failing field of a pydantic error, and the first field's path.
+
+    A wrong JSON type also names what was sent (``"30"`` for a number is "got a string"), since
+    the fix is then to send the right type, not a different value.
+    """
     parts, first = [], None
     for e in errors:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         first = first or loc or None
-        parts.append(f"{loc or 'body'}: {e['msg']}")
+        got = ""
+        if e.get("type", "").endswith("_type") and "input" in e:
+            value = e["input"]
+            shown = f" {json.dumps(value)[:40]}" if isinstance(value, str | int | float) else ""
+            got = f" (got {json_type(value)}{shown})"
+        msg = str(e["msg"]).removeprefix("Value error, ")  # our validators' own words
+        parts.append(f"{loc or 'body'}: {msg}{got}")
     return "invalid request: " + "; ".join(parts), first
 
 
@@ -103,7 +173,10 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         if kind is None:
             kind = "invalid_request" if exc.status_code < 500 else "internal_error"
-        return error_response(exc.status_code, kind, str(exc.detail), None, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(exc.status_code, kind, str(exc.detail), None, headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -111,3 +184,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, "internal_error", f"the agent server failed: {type(exc).__name__}: {exc}"
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (``GET /v1/runs`` and ``POST /v1/runs``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

@@ -9,44 +9,85 @@ answer with a :class:`RunSummary` (the chat API wraps it in an OpenAI ``chat.com
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from timely.serve.errors import json_type
 from timely.types import Message, ToolCall, Trajectory
+
+# OpenAI's content forms: a string, or a list of content parts of which this agent reads the
+# text ones (joined); image, audio and file parts are refused with a 422 that says so.
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+Content = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": _TEXT_PART},
+                {"type": "null"},
+            ],
+            "description": "A string, or OpenAI content parts of type text (joined).",
+        }
+    ),
+]
+_PARTS_HINT = "send a string, or text parts [{'type': 'text', 'text': '...'}]"
 
 
 class ChatMessage(BaseModel):
     """A chat message as OpenAI clients send it (content may be a list of text parts)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Content = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     name: str | None = None
 
-    @field_validator("content")
+    @field_validator("content", mode="plain")
     @classmethod
-    def _text_parts_only(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            for part in v:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError("only text content parts are supported")
-        return v
+    def _text(cls, v: Any) -> str | None:
+        """The content as one string: text parts joined, anything else refused by name."""
+        if v is None or isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"content must be a string or a list of parts, got {json_type(v)}")
+        texts = []
+        for i, part in enumerate(v):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+                continue
+            if kind == "text":
+                got = "a text part without a string 'text'"
+            elif isinstance(kind, str):
+                got = f"a part of type {kind!r}: this agent reads text only"
+            else:
+                got = f"{json_type(part)}, not a content part"
+            raise ValueError(f"content[{i}] is {got}; {_PARTS_HINT}")
+        return "".join(texts)
 
     def to_message(self) -> Message:
-        content = self.content
-        if isinstance(content, list):
-            content = "".join(part["text"] for part in content)
         calls = None
         if self.tool_calls:
             calls = [_tool_call(c, i) for i, c in enumerate(self.tool_calls)]
         role = "system" if self.role == "developer" else self.role
         return Message(
             role=role,
-            content=content or "",
+            content=self.content or "",
             tool_calls=calls,
             tool_call_id=self.tool_call_id,
             name=self.name if role == "tool" else None,
@@ -54,7 +95,9 @@ class ChatMessage(BaseModel):
 
 
 def _tool_call(raw: dict[str, Any], index: int) -> ToolCall:
-    fn = raw.get("function") or {}
+    fn = raw.get("function")
+    if not isinstance(fn, dict):
+        raise ValueError(f"tool_calls[{index}] needs a function object {{'name', 'arguments'}}")
     args = fn.get("arguments") or {}
     if isinstance(args, str):
         try:
@@ -67,22 +110,36 @@ def _tool_call(raw: dict[str, Any], index: int) -> ToolCall:
 
 
 class _Budgeted(BaseModel):
+    # Strict types, as the tool server's bodies and OpenAI's API: "30" for a number is a 422
+    # naming the type, not a guess (a client that sends strings has a bug worth seeing).
+    model_config = ConfigDict(strict=True)
+
     time_budget_s: float | None = Field(
         None, gt=0, description="Seconds the run may take, end to end (the server's limit caps)."
     )
     max_turns: int | None = Field(None, ge=1, le=200, description="Model turns at most.")
 
 
+MAX_DIFFICULTY = 100
+
+
 class RunRequest(_Budgeted):
     """``POST /v1/runs``: a registered task, or a conversation, under a time budget."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     task: str | None = Field(None, description="Registered task id, e.g. math/arithmetic.")
     seed: int = Field(0, description="Task instance seed.")
     split: Literal["train", "test"] = "test"
-    difficulty: int | None = Field(None, ge=1)
-    task_options: dict[str, Any] = Field(default_factory=dict)
+    # No family has more than 8 levels; the cap stops a request for a problem of a billion
+    # operations (math/arithmetic builds difficulty + 1 of them) from eating the server.
+    difficulty: int | None = Field(
+        None, ge=1, le=MAX_DIFFICULTY, description="Family-specific level (None: its default)."
+    )
+    task_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Family-specific options (not seed, split or difficulty: those are fields).",
+    )
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     tools: list[str] | None = Field(
         None, description="Conversation runs: names of tool-server tools to offer."
@@ -100,6 +157,9 @@ class RunRequest(_Budgeted):
             raise ValueError("'tools' is for conversations; a task brings its own tools")
         if self.stream and not self.wait:
             raise ValueError("'stream' needs 'wait' (a detached run is polled, not streamed)")
+        fields = sorted({"seed", "split", "difficulty"} & set(self.task_options))
+        if fields:
+            raise ValueError(f"set {fields} as top-level fields, not in task_options")
         return self
 
 
@@ -111,7 +171,7 @@ class ChatRequest(_Budgeted):
     server's own); ``tool_choice: "none"`` offers none.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -128,9 +188,13 @@ class ChatRequest(_Budgeted):
             return None
         names = []
         for i, tool in enumerate(self.tools):
-            name = (tool.get("function") or {}).get("name")
+            fn = tool.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else None
             if not isinstance(name, str):
-                raise ValueError(f"tools[{i}] needs function.name")
+                raise ValueError(
+                    f"tools[{i}] needs {{'type': 'function', 'function': {{'name': ...}}}} "
+                    "naming a tool-server tool"
+                )
             names.append(name)
         return names
 
@@ -181,3 +245,68 @@ class RunSummary(BaseModel):
             completion_tokens=sum(s.completion_tokens for s in traj.steps),
             error=traj.error,
         )
+
+
+# -- response bodies, for the OpenAPI schema (the routes build them as dicts) --------------------
+class RunDetail(RunSummary):
+    """``GET /v1/runs/{id}``: the summary, with ``?trajectory=true`` the full record."""
+
+    trajectory: dict[str, Any] | None = Field(
+        None, description="The trajectory record (timely.types.Trajectory), once it has ended."
+    )
+
+
+class RunList(BaseModel):
+    """``GET /v1/runs``: recent runs, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[RunSummary]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``: the one model (policy) this server serves."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: ChoiceMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """``POST /v1/chat/completions``: OpenAI's ``chat.completion`` plus the run's timing."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    timely: RunSummary = Field(description="The run: budget, elapsed_s, compliant, steps, ...")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting"]
+    policy: str
+    in_flight: int

@@ -17,7 +17,7 @@ from timely.errors import ConfigError
 from timely.runrecord import OUTCOMES, RESULTS, TRAJECTORIES
 from timely.serve.dashboard import records
 from timely.serve.dashboard.sources import Source, Sources
-from timely.serve.errors import error_response, install_error_handlers
+from timely.serve.errors import error_response, error_responses, install_error_handlers
 
 STATIC = resources.files("timely.serve.dashboard") / "static"
 _ASSETS = {
@@ -27,6 +27,32 @@ _ASSETS = {
 }
 FILTERS = ("source", "task", "family", "policy", "latency", "budget", "outcome")
 DEFAULT_LIMIT, MAX_LIMIT = 500, 5000
+# /api/episodes reads its query by hand (unknown names are refused): documented here.
+_OUTCOME = "(" + "|".join(OUTCOMES) + ")"
+_OUTCOME_LIST = {"pattern": f"^({_OUTCOME}(,{_OUTCOME})*)?$"}
+_EPISODE_QUERY = [
+    *(
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", **_OUTCOME_LIST}
+            if name == "outcome"
+            else {"type": "string"},
+            "description": f"Only episodes whose {name} is one of these (comma-separated).",
+        }
+        for name in FILTERS
+    ),
+    *(
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 0},
+        }
+        for name in ("offset", "limit")
+    ),
+]
 # The page and the API change as runs are appended: a browser must ask again, not cache.
 NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -120,7 +146,13 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
                 ]
         return JSONResponse({"tables": tables, "plots": plots}, headers=NO_CACHE)
 
-    @router.get("/api/plots/{source}/{name}")
+    @router.get(
+        "/api/plots/{source}/{name}",
+        responses={
+            200: {"content": {"image/png": {}}, "description": "The plot"},
+            **error_responses(404, 422),
+        },
+    )
     def plot(source: str, name: str) -> Response:
         with sources.lock:
             src = {s.id: s for s in sources.refresh()}.get(source)
@@ -128,7 +160,11 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
                 return error_response(404, "not_found", f"no plot {name!r} in source {source!r}")
             return FileResponse(src.report_dir / name, media_type="image/png", headers=NO_CACHE)
 
-    @router.get("/api/episodes")
+    @router.get(
+        "/api/episodes",
+        responses=error_responses(422),
+        openapi_extra={"parameters": _EPISODE_QUERY},
+    )
     def episodes(request: Request) -> JSONResponse:
         query = request.query_params
         unknown = sorted(set(query) - {*FILTERS, "offset", "limit"})
@@ -160,7 +196,7 @@ def dashboard_router(dirs: list[Path]) -> APIRouter:
         }
         return JSONResponse(body, headers=NO_CACHE)
 
-    @router.get("/api/episodes/{episode_id}")
+    @router.get("/api/episodes/{episode_id}", responses=error_responses(404, 422))
     def episode(episode_id: str) -> JSONResponse:
         source_id = episode_id.partition(":")[0]
         with sources.lock:
@@ -267,7 +303,7 @@ def _matches(row: dict[str, Any], wanted: dict[str, set[str]]) -> bool:
 
 
 def _int(raw: str | None, default: int, name: str) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
