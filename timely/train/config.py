@@ -222,9 +222,17 @@ class RLConfig(_Frozen):
         "fp32",
         description="Precision rollouts are sampled in. fp32: the recorded sampling log-probs "
         "are the trainer's own and serve as the old policy. bf16: autocast decoding (faster on "
-        "a CPU with native bf16); the trainer then recomputes the old log-probs in fp32 before "
-        "the update, so the first update's ratio is exactly 1, and logs the rollout-vs-trainer "
-        "gap (rollout_logprob_diff_mean / _max).",
+        "a CPU with native bf16); the trainer then recomputes the old log-probs in its own "
+        "precision before the update, so the first update's ratio is exactly 1, and logs the "
+        "rollout-vs-trainer gap (rollout_logprob_diff_mean / _max).",
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "fp32",
+        description="The trainer's forward/backward precision (updates, the old and reference "
+        "log-prob passes): bf16 autocast as SFT's (weights, optimizer and LoRA stay fp32; "
+        "auto: bf16 on a CPU with native bf16). Any precision but fp32 on either side makes "
+        "the trainer recompute the old log-probs in its own before the update, so the first "
+        "ratio stays exactly 1.",
     )
     lora: LoraSettings = Field(
         default_factory=LoraSettings,

@@ -109,6 +109,7 @@ from timely.train.rl_record import (
     truncate_jsonl,
     write_rollouts,
 )
+from timely.train.sft import use_bf16
 from timely.train.throughput import engine_stats, rollout_throughput
 from timely.train.view import ViewForm, training_view
 from timely.types import Completion, Message, Trajectory
@@ -184,6 +185,13 @@ async def _train(
     """Batches ``done + 1 .. config.steps``: rollouts, advantages, updates, record, checkpoint."""
     net = model.get_base_model()  # LoRA lives in its layers; its forward takes logits_to_keep
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bf16 = use_bf16(config.precision)
+
+    def trainer_precision() -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    # Sampled log-probs serve as the old policy only when both sides computed them in fp32.
+    recompute_old = bf16 or config.rollout_precision != "fp32"
     async with contextlib.AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(Runtime(clock=config.clock, seed=config.seed))
         progress = stack.enter_context(Progress(done, config.steps))
@@ -203,19 +211,20 @@ async def _train(
             advantages = group_advantages(rewards, config.loss, std_floor=config.adv_std_floor)
             samples, forms = batch_samples(groups, advantages, config)
             mismatch: dict[str, float | None] = dict.fromkeys(ROLLOUT_MISMATCH_FIELDS)
-            if config.rollout_precision != "fp32" and samples:  # old log-probs in our precision
-                samples, mismatch = with_trainer_logprobs(net, samples, config, pad_id)
-            if config.beta > 0 and samples:
-                with reference_policy(model):
-                    samples = with_reference_logprobs(net, samples, config, pad_id)
-            lr = scheduler.get_last_lr()[0]
-            updates = [
-                policy_step(
-                    net, optimizer, samples, config,
-                    scheduler=scheduler, pad_id=pad_id, measure_entropy=k == 0,
-                )
-                for k in range(config.updates_per_batch)
-            ]  # fmt: skip
+            with trainer_precision():
+                if recompute_old and samples:  # old log-probs in the trainer's precision
+                    samples, mismatch = with_trainer_logprobs(net, samples, config, pad_id)
+                if config.beta > 0 and samples:
+                    with reference_policy(model):
+                        samples = with_reference_logprobs(net, samples, config, pad_id)
+                lr = scheduler.get_last_lr()[0]
+                updates = [
+                    policy_step(
+                        net, optimizer, samples, config,
+                        scheduler=scheduler, pad_id=pad_id, measure_entropy=k == 0,
+                    )
+                    for k in range(config.updates_per_batch)
+                ]  # fmt: skip
             net.eval()
             timing = {"rollout_s": rolled - started, "update_s": wall_seconds() - rolled}
 

@@ -112,3 +112,17 @@ def test_fp32_rollouts_keep_their_recorded_logprobs(tmp_path, request):
     run_rl(config, tmp_path, init=None, base_model=base, threads=1)
     (row,) = _lines(tmp_path / "metrics.jsonl")
     assert row["rollout_logprob_diff_mean"] is None and row["rollout_logprob_diff_max"] is None
+
+
+def test_a_bf16_trainer_recomputes_fp32_rollouts_and_starts_at_ratio_one(tmp_path, request):
+    # rl.precision=bf16 autocasts the updates: fp32 rollouts' log-probs are no longer the
+    # trainer's, so they are recomputed (a mismatch is logged) and the first ratio is exactly 1.
+    from timely.train.grpo import run_rl
+
+    base = request.getfixturevalue("scripted_base")
+    config = tiny_config(steps=1, prompts_per_step=1, group_size=3, precision="bf16")
+    run_rl(config, tmp_path, init=None, base_model=base, threads=1)
+    (row,) = _lines(tmp_path / "metrics.jsonl")
+    assert row["trained_tokens"] > 0
+    assert row["ratio_dev"] == 0.0 and row["ratio_dev_max"] == 0.0
+    assert 0 < row["rollout_logprob_diff_mean"] <= row["rollout_logprob_diff_max"]
