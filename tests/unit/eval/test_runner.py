@@ -36,9 +36,11 @@ def keys(run_dir: Path) -> list[str]:
 
 
 def test_shipped_suites_load_and_name_registered_tasks():
+    from timely.configs import config_names
     from timely.task import task_names
 
-    for name in ("smoke", "standard"):
+    assert {"smoke", "standard", "anytime", "demo"} <= set(config_names("eval"))
+    for name in config_names("eval"):
         suite = load_suite(name)
         assert suite.name == name
         assert all(t.id in task_names() for t in suite.tasks), name
