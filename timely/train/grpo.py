@@ -197,12 +197,16 @@ async def _train(
         progress = stack.enter_context(Progress(done, config.steps))
         for step in range(done + 1, config.steps + 1):
             started = wall_seconds()
+            progress.phase(f"batch {step}: rollouts")
             policy = rollout_policy(net, tokenizer, step, config)
             groups = await rollout_batch(
                 step, net, tokenizer, runtime, data_rng, config, policy=policy
             )
             rolled = wall_seconds()
             played = [g.trajectories for g in groups]
+            episodes = sum(len(p) for p in played)
+            seconds = rolled - started
+            progress.phase(f"batch {step}: updates ({episodes} episodes in {seconds:.0f} s)")
             throughput = rollout_throughput(played, rolled - started, engine_stats(policy))
 
             rewards = np.array(

@@ -25,6 +25,7 @@ from timely.train.view import ViewForm
 from timely.types import EndReason, Trajectory
 
 if TYPE_CHECKING:
+    from timely.progress import ProgressDisplay
     from timely.train.grpo import Group
 
 RATIO_TOLERANCE = 1e-3  # mean |ratio - 1| allowed on the first update (weights that sampled)
@@ -235,12 +236,12 @@ class Progress:
     """A progress bar over batches, with the latest reward and timing (plain lines where the
     console is not a terminal, see :mod:`timely.progress`)."""
 
-    def __init__(self, done: int, total: int) -> None:
+    def __init__(self, done: int, total: int, display: ProgressDisplay | None = None) -> None:
         from rich.console import Console
 
         from timely.progress import ProgressDisplay
 
-        self.display = ProgressDisplay(Console())
+        self.display = display if display is not None else ProgressDisplay(Console())
         self.console = self.display.console
         self.bar = self.display.bar("timely-rl", total, done=done, unit="batches")
         self.total = total
@@ -251,6 +252,10 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.display.__exit__(*exc)
+
+    def phase(self, note: str) -> None:
+        """Say what the current batch is doing (a batch can take many minutes on a CPU)."""
+        self.bar.update(self.bar.done, note=note)
 
     def advance(self, row: dict[str, Any]) -> None:
         dev = row["ratio_dev"]

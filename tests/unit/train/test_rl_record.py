@@ -95,3 +95,22 @@ def test_budget_bucket_metrics_by_hand():
     assert row["on_time_rate_long"] == 1.0
     assert row["episodes_mid"] == 0 and row["on_time_rate_mid"] is None
     assert row["episodes_nolimit"] == 0 and row["score_nolimit"] is None
+
+
+def test_progress_says_what_a_long_batch_is_doing():
+    # A CPU batch runs for minutes: off a terminal its phases still reach the log.
+    import io
+
+    from rich.console import Console
+
+    from timely.progress import ProgressDisplay
+    from timely.train.rl_record import Progress
+
+    out = io.StringIO()
+    display = ProgressDisplay(Console(file=out, width=200), every_s=0, live=False)
+    with Progress(0, 16, display=display) as progress:
+        progress.phase("batch 1: rollouts")
+        progress.phase("batch 1: updates (16 episodes in 312 s)")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("timely-rl: 0/16 batches (0%)") and "batch 1: rollouts" in lines[0]
+    assert "batch 1: updates (16 episodes in 312 s)" in lines[1]
