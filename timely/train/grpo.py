@@ -208,6 +208,7 @@ async def _train(
             seconds = rolled - started
             progress.phase(f"batch {step}: updates ({episodes} episodes in {seconds:.0f} s)")
             throughput = rollout_throughput(played, rolled - started, engine_stats(policy))
+            policy.clear_cache()  # the rollouts' keys and values: GBs the update needs
 
             rewards = np.array(
                 [[episode_reward(t, config) for t in g.trajectories] for g in groups]
