@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+
+from timely.asgi import allowed_methods
 
 log = logging.getLogger("timely.server")
 
@@ -103,7 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = kinds.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names only the first route's methods
-            headers["Allow"] = ", ".join(_allowed_methods(request))
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return error_response(exc.status_code, kind, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
@@ -112,16 +113,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, "internal_error", f"the tool server failed: {type(exc).__name__}"
         )
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
 
 
 class ErrorDetail(BaseModel):

@@ -29,6 +29,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from timely.clock import WallClock
@@ -134,6 +135,17 @@ def bearer_ok(scope: Scope, tokens: Sequence[bytes]) -> bool:
         return False
     given = token.strip().encode()
     return any(hmac.compare_digest(given, t) for t in tokens)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path: the ``Allow`` header of
+    a 405 (``GET /v1/runs`` and ``POST /v1/runs`` both count)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 class DrainUnreadBodyMiddleware:

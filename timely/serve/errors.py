@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+
+from timely.asgi import allowed_methods
 
 log = logging.getLogger("timely.serve")
 
@@ -175,7 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
             kind = "invalid_request" if exc.status_code < 500 else "internal_error"
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names only the first matching route's methods
-            headers["Allow"] = ", ".join(_allowed_methods(request))
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return error_response(exc.status_code, kind, str(exc.detail), None, headers)
 
     @app.exception_handler(Exception)
@@ -184,13 +185,3 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, "internal_error", f"the agent server failed: {type(exc).__name__}: {exc}"
         )
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (``GET /v1/runs`` and ``POST /v1/runs``)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
