@@ -616,6 +616,9 @@ def dashboard(
 
 
 def main() -> None:
+    from timely.heap import fix_heap_threshold
+
+    fix_heap_threshold()  # local models' many-MiB tensors would otherwise leave heap holes
     try:
         app()
     except (TimelyError, ValueError, FileNotFoundError) as exc:

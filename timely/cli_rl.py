@@ -269,6 +269,9 @@ def export_gguf(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from timely.heap import fix_heap_threshold
+
+    fix_heap_threshold()  # training's many-MiB tensors would otherwise leave GBs of heap holes
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         app(argv)
