@@ -365,6 +365,14 @@ def serve_cmd(
         list[Path] | None,
         typer.Option("--dashboard", help="Also show this run or report directory at / (repeat)."),
     ] = None,
+    allow_task_files: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-task-files/--no-allow-task-files",
+            help="Let clients name files on this machine in task_options (math/jsonl path, "
+            "ml/dir path, ...): trusted clients only (default off: 403 forbidden_option).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the time-aware agent over HTTP: /v1/runs, OpenAI /v1/chat/completions, dashboard."""
     from pydantic import ValidationError
@@ -385,6 +393,7 @@ def serve_cmd(
         "default_budget_s": default_budget,
         "max_budget_s": max_budget,
         "out": out,
+        "allow_task_files": allow_task_files,
     }
     update = {k: v for k, v in flags.items() if v is not None}
     if default_tools is not None:

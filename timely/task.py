@@ -73,6 +73,10 @@ class Task(ABC):
     # The optional extra of timely-machine the family needs ("ml", "games"; timely/extras.py):
     # make_task and Timely-Eval's checks fail with its install line before any episode runs.
     requires_extra: ClassVar[str | None] = None
+    # Constructor options that name a file or directory on the machine that builds the task
+    # (a data file, a ROM, a cache): the agent endpoint refuses them from clients unless its
+    # operator allows it (`timely serve --allow-task-files`, docs/serving.md#security).
+    path_options: ClassVar[frozenset[str]] = frozenset()
     spec: TaskSpec
 
     @abstractmethod

@@ -14,7 +14,8 @@ Routes (docs/serving.md has examples):
 
 Security defaults: the CLI binds 127.0.0.1; with an API key every route but ``/health`` needs
 ``Authorization: Bearer KEY``; bodies over ``max_body_bytes`` get 413; more than
-``max_concurrent_runs`` runs get 429 with ``Retry-After``; bad input gets a 4xx JSON error.
+``max_concurrent_runs`` runs get 429 with ``Retry-After``; bad input gets a 4xx JSON error; task
+options that name files on the server get 403 unless ``allow_task_files`` (task_files.py).
 A client that disconnects cancels its run, which ends the run's tool session.
 """
 
@@ -69,7 +70,8 @@ from timely.serve.schemas import (
     RunRequest,
     RunSummary,
 )
-from timely.task import Task, make_task
+from timely.serve.task_files import build_error, file_options
+from timely.task import TASKS, Task, make_task
 from timely.toolclient import ToolBackend
 from timely.types import EndReason, Message
 
@@ -285,6 +287,14 @@ def create_app(
     async def registered_task(req: RunRequest) -> Task:
         assert req.task is not None
         try:
+            family = TASKS.get(req.task)
+        except RegistryError as exc:
+            raise ServeError(404, "unknown_task", str(exc), param="task") from None
+        # Before anything is built: a refused option must not touch the disk.
+        named = file_options(req.task, family, req.task_options, config.allow_task_files)
+        # An OSError is the client's only when it named the file (else it is the server's).
+        client_errors = (TaskError, ValueError, OSError) if named else (TaskError, ValueError)
+        try:
             task = make_task(
                 req.task,
                 seed=req.seed,
@@ -292,10 +302,9 @@ def create_app(
                 difficulty=req.difficulty,
                 **req.task_options,
             )
-        except RegistryError as exc:
-            raise ServeError(404, "unknown_task", str(exc), param="task") from None
-        except (TaskError, ValueError) as exc:
-            raise ServeError(422, "invalid_request", str(exc), param="task_options") from None
+        except client_errors as exc:
+            message = build_error(req.task, exc, named)
+            raise ServeError(422, "invalid_request", message, param="task_options") from None
         served = await services.served_tools() if task.spec.tools else {}
         missing = [n for n in task.spec.tools if n not in served]
         if missing:
@@ -444,6 +453,11 @@ def serve(config: ServeConfig, *, dashboard_dirs: list[Path] | None = None) -> N
         log.warning("agent endpoint binds %s: it is reachable from other machines", config.host)
         if config.api_key is None:
             log.warning("no api key: anyone who can reach %s may run the agent", config.host)
+    if config.allow_task_files:
+        log.warning(
+            "allow_task_files: every client may make this server read any file it can read "
+            "(task_options such as math/jsonl path=, ml/dir path=)"
+        )
     app = create_app(config, dashboard_dirs=dashboard_dirs)
     uvicorn.run(
         app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5

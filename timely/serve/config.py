@@ -65,6 +65,13 @@ class ServeConfig(BaseModel):
         None, ge=1, description="Cap on new tokens per model turn (None: the backend's own)."
     )
     keep_runs: int = Field(1000, ge=1, description="Finished runs kept for GET /v1/runs/{id}.")
+    allow_task_files: bool = Field(
+        False,
+        description="Let clients set task options that name files or directories on this "
+        "machine (math/jsonl path, math/hf dataset, ml/dir path, games/jericho rom, caches; "
+        "Task.path_options): the server then reads whatever a client names. Off: such "
+        "requests get 403 forbidden_option.",
+    )
     out: str | None = Field(
         None,
         description="Run directory: every finished run is appended to trajectories.jsonl "

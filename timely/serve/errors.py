@@ -30,6 +30,8 @@ ERROR_KINDS: dict[str, str] = {
     "unsupported_by_policy": "400: the served policy cannot play this request (a scripted "
     "policy needs a registered task)",
     "unauthorized": "401: missing or wrong bearer token",
+    "forbidden_option": "403: a task option names a file or directory on the server, which "
+    "this server does not let clients choose (timely serve --allow-task-files)",
     "not_found": "404: no such route or run",
     "model_not_found": "404: the model is not the one this server serves",
     "unknown_task": "404: no registered task of that id",
@@ -105,6 +107,8 @@ _DESCRIBED = {
     400: "Not JSON, a bad header, a tool the tool server lacks, or a request the served policy "
     "cannot play (unsupported_by_policy)",
     401: "Missing or wrong bearer token (only when the server has an API key)",
+    403: "A task option names a file or directory on the server (forbidden_option): allowed "
+    "only when the server runs with --allow-task-files",
     404: "No such run, task or model",
     405: "Method not allowed",
     413: "Body larger than max_body_bytes",

@@ -73,7 +73,7 @@ def run_docs(config: ServeConfig) -> dict[str, Any]:
                 "content": event_stream(stream),
             },
             202: {"model": RunSummary, "description": "wait: false: the run, started"},
-            **error_responses(400, 404, 413, 422, 429, 503),
+            **error_responses(400, 403, 404, 413, 422, 429, 503),
         },
         "openapi_extra": body_schema(RunRequest, config, examples),
     }

@@ -86,6 +86,7 @@ class JerichoTask(GameTask):
     task_id: ClassVar[str] = "games/jericho-v1"
     requires_options: ClassVar[bool] = True
     requires_extra: ClassVar[str | None] = "jericho"
+    path_options: ClassVar[frozenset[str]] = frozenset({"rom"})  # a game file or directory
 
     def __init__(
         self,

@@ -68,6 +68,7 @@ class TextWorldTask(GameTask):
     # checks it on a few seeds with a temporary cache.
     requires_options: ClassVar[bool] = True
     requires_extra: ClassVar[str | None] = "games"
+    path_options: ClassVar[frozenset[str]] = frozenset({"cache_dir"})  # games are written there
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from timely.errors import TaskError
 from timely.rng import derive_seed
@@ -281,6 +281,8 @@ class HFTask(DataTask):
 
     task_id = "math/hf-v1"
     requires_extra = "data"  # read through HF datasets, local files too
+    # A local file, glob or directory, or a hub name the server would download; and its cache.
+    path_options: ClassVar[frozenset[str]] = frozenset({"dataset", "cache_dir"})
 
     def __init__(
         self,

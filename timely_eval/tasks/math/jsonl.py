@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from timely.errors import TaskError
 from timely.task import SPLITS, Split, register_task
@@ -83,8 +83,12 @@ def _parse(p: Path) -> tuple[Item, ...]:
         more = (
             f"\n  ... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
         )
+        # The first line of the message names no content, only where the first bad line is:
+        # the agent endpoint passes only that line on to its client (the file is the server's).
+        first = errors[0].split(":", 1)[0]
         raise TaskError(
-            f"math/jsonl-v1: {p} has {len(errors)} bad line(s):\n  {shown}{more}\n"
+            f"math/jsonl-v1: {p} has {len(errors)} bad line(s), the first is {first}:\n"
+            f"  {shown}{more}\n"
             'Each line must be one JSON object like {"id": "q1", "question": "...", '
             '"answer": "42"}.'
         )
@@ -144,6 +148,7 @@ class JsonlTask(DataTask):
     """
 
     task_id = "math/jsonl-v1"
+    path_options: ClassVar[frozenset[str]] = frozenset({"path"})
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import operator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from timely.errors import TaskError
 from timely.task import SPLITS, Split, register_task
@@ -100,6 +100,8 @@ class DirTask(MLTask):
 
     requires_options = True
     task_id = "ml/dir-v1"
+    # The data directory, and the label file and prompt template (either may be absolute).
+    path_options: ClassVar[frozenset[str]] = frozenset({"path", "private", "prompt"})
 
     def __init__(
         self,
