@@ -101,6 +101,7 @@ def test_eval_then_leaderboard_writes_the_report(tmp_path):
 def test_eval_errors_say_what_to_do(tmp_path):
     res = timely("eval", "--suite", "nonexistent", cwd=tmp_path)
     assert res.returncode != 0 and "unknown suite" in res.stdout + res.stderr
-    assert "Available: anytime, smoke, standard" in " ".join((res.stdout + res.stderr).split())
+    said = " ".join((res.stdout + res.stderr).split())
+    assert "Available: anytime, demo, smoke, standard" in said
     res = timely("eval", "--suite", "smoke", "--tasks", "nothing-like-this", cwd=tmp_path)
     assert res.returncode != 0 and "matches none" in res.stdout + res.stderr

@@ -90,7 +90,7 @@ def test_a_path_is_a_path(tmp_path):
 def test_an_unknown_name_lists_the_shipped_ones_with_a_did_you_mean():
     with pytest.raises(ConfigError, match="unknown suite 'smok'. Did you mean 'smoke'") as err:
         resolve_config("eval", "smok")
-    assert "Available: anytime, smoke, standard" in str(err.value)
+    assert "Available: anytime, demo, smoke, standard" in str(err.value)
     with pytest.raises(ConfigError, match="unknown serve config 'x'. None ship"):
         resolve_config("serve", "x")
 
