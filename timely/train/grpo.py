@@ -207,7 +207,7 @@ async def _train(
             episodes = sum(len(p) for p in played)
             seconds = rolled - started
             progress.phase(f"batch {step}: updates ({episodes} episodes in {seconds:.0f} s)")
-            throughput = rollout_throughput(played, rolled - started, engine_stats(policy))
+            throughput = rollout_throughput(played, seconds, engine_stats(policy))
             policy.clear_cache()  # the rollouts' keys and values: GBs the update needs
 
             rewards = np.array(
@@ -231,7 +231,7 @@ async def _train(
                     for k in range(config.updates_per_batch)
                 ]  # fmt: skip
             net.eval()
-            timing = {"rollout_s": rolled - started, "update_s": wall_seconds() - rolled}
+            timing = {"rollout_s": seconds, "update_s": wall_seconds() - rolled}
 
             row = batch_metrics(step, groups, rewards, forms, samples, updates, timing)
             row["lr"] = lr
