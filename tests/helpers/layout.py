@@ -7,6 +7,7 @@ through :func:`source_dir` so the mapping lives in one place.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("timely", "timely_tools", "timely_server", "timely_eval")
 
 
+@functools.cache
 def package_dirs() -> dict[str, str]:
     """Import name -> folder, as pyproject.toml's ``[tool.setuptools] package-dir`` says."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
