@@ -32,8 +32,8 @@ install: $(STAMP)
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/timely eval --suite demo --out runs/demo
 	@for run in "base x0.5@oracle" "timely x0.5@oracle" "timely x2@oracle"; do \
-		set -- $$run; echo "== $$1 on math/chain at $$2"; \
-		$(VENV)/bin/timely show runs/demo --task math/chain-v1 --policy $$1 --budget $$2 --limit 1; \
+		set -- $$run; echo "== $$1 on math/batch at $$2"; \
+		$(VENV)/bin/timely show runs/demo --task math/batch-v1 --policy $$1 --budget $$2 --limit 1; \
 	done
 	$(VENV)/bin/timely leaderboard runs/demo --out reports/demo
 	@echo "open reports/demo/leaderboard.html (or leaderboard.md) to read the results"

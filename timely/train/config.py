@@ -179,6 +179,12 @@ class RLConfig(_Frozen):
         (0.5, 3.0),
         description="Per-prompt budget range, times the expert's unconstrained time.",
     )
+    stratify_budgets: bool = Field(
+        True,
+        description="Split the budget range into prompts_per_step equal log-space slices and "
+        "give each of a batch's prompts one (in a random order), so every batch holds short "
+        "and long budgets; false draws each prompt's budget from the whole range.",
+    )
     no_limit_share: float = Field(0.1, ge=0, le=1, description="Share of prompts without limit.")
     speed_factor: tuple[float, float] = Field(
         (0.7, 1.5),

@@ -10,6 +10,7 @@ trainer draw settings here, from a seeded numpy Generator, and play them through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,7 @@ async def draw_setting(
     speed: str | SpeedProfile,
     speed_factor: tuple[float, float] = (1.0, 1.0),
     unconstrained: Unconstrained | None = None,
+    stratum: tuple[int, int] | None = None,
 ) -> Setting:
     """Draw one episode's setting; the budget is ``multiplier x`` the expert's time there.
 
@@ -116,10 +118,13 @@ async def draw_setting(
             (:meth:`timely.rollout.Calibrator.oracle_seconds`). Training passes the
             tokenizer-charged oracle (:func:`timely.train.experts.tokenized_calibrator`), so
             budgets match the clock the model's turns are charged on.
+        stratum: ``(k, n)``: draw the multiplier log-uniformly inside the k-th of n equal
+            log-space slices of ``multipliers`` (an RL batch's few groups then cover short and
+            long budgets every batch instead of by luck); None: the whole range.
     """
     latency = str(latencies[int(rng.integers(len(latencies)))])
     mode = str(time_modes[int(rng.integers(len(time_modes)))])
-    multiplier = log_uniform(rng, *multipliers)
+    multiplier = log_uniform(rng, *slice_of(multipliers, stratum))
     unlimited = bool(rng.random() < no_limit_share)
     profile = scaled_speed(speed, draw_speed_factor(rng, speed_factor))
     if unlimited:
@@ -130,6 +135,18 @@ async def draw_setting(
     else:
         expert_s = await unconstrained(task, latency, mode)
     return Setting(latency, mode, round(multiplier * expert_s, 3), multiplier, profile)
+
+
+def slice_of(bounds: tuple[float, float], stratum: tuple[int, int] | None) -> tuple[float, float]:
+    """The k-th of n equal log-space slices of ``bounds`` (all of it when ``stratum`` is None)."""
+    if stratum is None:
+        return bounds
+    k, n = stratum
+    if not 0 <= k < n:
+        raise ValueError(f"stratum {k} of {n}: k must be in [0, n)")
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    width = (high - low) / n
+    return math.exp(low + k * width), math.exp(low + (k + 1) * width)
 
 
 def episode_budget(setting: Setting, config: RLConfig) -> Budget:

@@ -4,7 +4,8 @@ One batch, top to bottom (:func:`run_rl`):
 
 1. **Rollouts.** ``prompts_per_step`` train-split instances (seeds from a seeded numpy
    Generator), each with a setting from :func:`~timely.train.episodes.draw_setting` (latency,
-   time mode, a budget relative to the expert's time or no limit), then ``group_size`` rollouts
+   time mode, a budget relative to the expert's time or no limit; with ``stratify_budgets``
+   each prompt draws from its own slice of the budget range), then ``group_size`` rollouts
    per instance, all played concurrently by :func:`~timely.loop.run_episode` with an
    :class:`~timely.policies.hf.HFPolicy` over the model being trained. The generation speed
    factor is drawn **per rollout** (the config's "per-sample"): the rollouts of a group see the
@@ -291,6 +292,9 @@ async def rollout_batch(
     """
     n_prompts, size = config.prompts_per_step, config.group_size
     groups = []
+    # Which budget slice each prompt gets: shuffled, so a task is not tied to a slice by the
+    # round-robin (always drawn, so the data stream does not depend on the flag).
+    slices = [int(k) for k in rng.permutation(n_prompts)]
     for p in range(n_prompts):
         task_id = config.tasks[((step - 1) * n_prompts + p) % len(config.tasks)]
         seed = int(rng.integers(2**31))
@@ -307,6 +311,7 @@ async def rollout_batch(
             unconstrained=tokenized_calibrator(
                 runtime, config.speed, tokenizer, config.calibration
             ),
+            stratum=(slices[p], n_prompts) if config.stratify_budgets else None,
         )
         factors = [draw_speed_factor(rng, config.speed_factor) for _ in range(size)]
         groups.append(Group(task_id, seed, setting, factors))

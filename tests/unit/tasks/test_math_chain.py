@@ -1,4 +1,4 @@
-"""Multi-part math families (chain, linear systems): partial credit, budgets that bind."""
+"""Multi-part math families (chain, linear systems, batch): partial credit, budgets that bind."""
 
 import hashlib
 import re
@@ -14,16 +14,18 @@ from timely.loop import run_episode
 from timely.policies.base import make_policy
 from timely.task import TASKS, make_task
 from timely.testing import check_task, check_task_with_loop
+from timely_eval.tasks.math.batch import BatchTask
 from timely_eval.tasks.math.chain import LABELS, ChainTask, n_parts
 from timely_eval.tasks.math.multipart import extract_labelled, score_parts
 from timely_eval.tasks.math.systems import SystemsTask, det
 
-MULTI_IDS = ["math/chain-v1", "math/systems-v1"]
+MULTI_IDS = ["math/chain-v1", "math/systems-v1", "math/batch-v1"]
 
 
 def test_ids_and_aliases():
     assert TASKS.get("math/chain") is TASKS.get("math/chain-v1") is ChainTask
     assert TASKS.get("math/systems") is TASKS.get("math/systems-v1") is SystemsTask
+    assert TASKS.get("math/batch") is TASKS.get("math/batch-v1") is BatchTask
     assert make_task("math/chain", seed=4).spec == make_task("math/chain-v1", seed=4).spec
 
 
@@ -68,6 +70,16 @@ def test_chain_gets_longer_with_difficulty():
     assert means == sorted(means)
     assert 6 <= means[0] <= 10 and 20 <= means[2] <= 30 and means[3] >= 24
     assert n_parts(100) == len(LABELS)
+
+
+def test_batch_parts_are_one_call_each_on_the_text_as_written():
+    """Work done is calls made: part k is finished by call k, copied from the prompt."""
+    for difficulty in (1, 2, 5):
+        task = make_task("math/batch-v1", seed=7, split="train", difficulty=difficulty)
+        calls = [c.arguments["expression"] for c in task.solution().calls]
+        assert len(calls) == len(task.labels) == min(2 + 2 * difficulty, 12)
+        for label, expression in zip(task.labels, calls, strict=True):
+            assert f"\n{label}. {expression}\n" in task.spec.prompt + "\n"
 
 
 def test_chain_parts_depend_on_earlier_answers():

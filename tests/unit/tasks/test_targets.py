@@ -18,7 +18,7 @@ def sha256(text: str) -> str:
 @pytest.mark.parametrize(
     "task_id",
     ["math/arithmetic-v1", "math/word-problems-v1", "math/multistep-v1", "math/chain-v1",
-     "math/systems-v1"],
+     "math/systems-v1", "math/batch-v1"],
 )  # fmt: skip
 def test_math_targets_are_the_gold_answer_as_text(task_id):
     for seed in range(5):

@@ -8,7 +8,7 @@ import pytest
 
 from timely.rollout import Runtime
 from timely.train.config import DataConfig, EvalStageConfig, SFTConfig
-from timely.train.episodes import draw_setting, train_task
+from timely.train.episodes import draw_setting, slice_of, train_task
 from timely.train.sft import use_bf16
 from timely_eval.suite import Suite
 from timely_eval.training import eval_suite
@@ -72,3 +72,27 @@ def test_the_eval_suite_plays_tasks_at_their_training_options():
         Suite.model_validate(
             {**data, "tasks": [{"id": "games/treasure-v1", "options": {"difficulty": 1}}]}
         )
+
+
+def test_budget_slices_split_the_range_in_log_space():
+    assert slice_of((0.5, 3.0), None) == (0.5, 3.0)
+    edges = [slice_of((0.5, 8.0), (k, 4)) for k in range(4)]
+    assert edges == pytest.approx([(0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0)])
+    with pytest.raises(ValueError, match="stratum 4 of 4"):
+        slice_of((0.5, 8.0), (4, 4))
+
+
+async def test_a_stratum_keeps_the_multiplier_in_its_slice():
+    async def unconstrained(task, latency, mode):
+        return 10.0
+
+    task = train_task("math/arithmetic-v1", 0)
+    draws = dict(latencies=["constant:1.0"], time_modes=["push"], multipliers=(0.5, 8.0))
+    async with Runtime() as runtime:
+        for k, (low, high) in enumerate([(0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0)]):
+            for seed in range(5):
+                setting = await draw_setting(
+                    np.random.default_rng(seed), runtime, task, no_limit_share=0.0,
+                    speed="smollm2-cpu", unconstrained=unconstrained, stratum=(k, 4), **draws,
+                )  # fmt: skip
+                assert low <= setting.multiplier <= high
