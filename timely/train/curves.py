@@ -12,9 +12,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from timely.train.rl_record import BUDGET_BUCKETS, NO_LIMIT_BUCKET, RATIO_TOLERANCE
+
+BUCKETS = [name for name, _, _ in BUDGET_BUCKETS] + [NO_LIMIT_BUCKET]
+
+
+def _by_bucket(metric: str) -> list[tuple[str, str]]:
+    return [(f"{metric}_{bucket}", bucket) for bucket in BUCKETS]
+
+
 # (title, [(metric key, label)]) per panel; a key missing from every line leaves its curve out.
+# The last row splits rollouts by budget bucket: whether the policy learns time shows there
+# (on time in short, more calls and tokens in long), not in the batch means.
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("reward", [("reward_mean", "mean"), ("reward_std", "std")]),
+    (
+        "reward",
+        [("reward_mean", "mean"), ("reward_std", "std"), ("zero_std_groups", "zero-spread groups")],
+    ),
     (
         "outcomes",
         [
@@ -30,9 +44,12 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("tokens per episode", [("completion_tokens", "sampled")]),
     ("per episode", [("turns", "turns"), ("tool_calls", "tool calls")]),
     ("seconds per batch", [("rollout_s", "rollout"), ("update_s", "update")]),
+    ("on time, by budget", _by_bucket("on_time_rate")),
+    ("score, by budget", _by_bucket("score")),
+    ("tool calls, by budget", _by_bucket("tool_calls")),
+    ("tokens per episode, by budget", _by_bucket("completion_tokens")),
 ]
 LOG_PANELS = {"|ratio - 1| at the first update"}
-RATIO_TOLERANCE = 1e-3  # drawn on the ratio panel (timely.train.rl_record warns above it)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -57,9 +74,9 @@ def plot_curves(metrics: str | Path, png: str | Path) -> Path | None:
     if not rows:
         return None
     steps = [r.get("step", i + 1) for i, r in enumerate(rows)]
-    fig = Figure(figsize=(18, 8))
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.95, bottom=0.07, wspace=0.22, hspace=0.35)
-    axes = fig.subplots(2, 4).ravel()
+    fig = Figure(figsize=(18, 12))
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.96, bottom=0.05, wspace=0.22, hspace=0.35)
+    axes = fig.subplots(3, 4).ravel()
     for ax, (title, curves) in zip(axes, PANELS, strict=True):
         for key, label in curves:
             points = [(s, r[key]) for s, r in zip(steps, rows, strict=True) if _number(r.get(key))]
