@@ -88,10 +88,20 @@ def share_prefixes(
     keep: dict[str, int],
     stats: GenerationStats,
     computed: list[int],
+    *,
+    whole: bool = False,
 ) -> None:
     """Prefill once, and store, every prefix that several distinct ``prompts`` share beyond
     what the store already holds for them (recursively: shared prefixes of those prefixes
-    first)."""
+    first).
+
+    A prompt's own last token is left out of what it shares (it is prefilled with the prompt,
+    for the logits); the recursive calls pass prefixes that are stored ``whole``. Capping
+    those too made a prompt that is a strict prefix of another (one episode's turn, another's
+    next turn) recurse once per token, past Python's recursion limit on game prompts; stored
+    whole, every level merges at least two of its prefixes, so the depth is at most the
+    number of prompts.
+    """
     ordered = sorted({tuple(p) for p in prompts})
     if len(ordered) < 2:
         return
@@ -102,13 +112,13 @@ def share_prefixes(
         shared[j], shared[j + 1] = max(shared[j], n), max(shared[j + 1], n)
     prefixes: set[tuple[int, ...]] = set()
     for prompt, n in zip(ordered, shared, strict=True):
-        n = min(n, len(prompt) - 1)
+        n = min(n, len(prompt) if whole else len(prompt) - 1)
         if n >= MIN_SHARED_PREFIX and n - store.lookup(prompt, limit=n).length >= MIN_SHARED_PREFIX:
             prefixes.add(prompt[:n])
     if not prefixes:
         return
     todo = [list(p) for p in sorted(prefixes)]
-    share_prefixes(model, todo, store, pad_id, keep, stats, computed)
+    share_prefixes(model, todo, store, pad_id, keep, stats, computed, whole=True)
     # Each prefix is stored whole, so its last token is computed too (limit = its length).
     hits = [store.lookup(p, limit=len(p)) for p in todo]
     todo_hits = [(p, h) for p, h in zip(todo, hits, strict=True) if h.length < len(p)]

@@ -139,6 +139,20 @@ async def test_a_prefix_shared_in_the_batch_is_prefilled_once(model, tok):
     assert policy.stats.full_prefills == 0
 
 
+async def test_a_prompt_that_is_a_strict_prefix_of_another_in_the_batch(model, tok):
+    """One episode's turn beside another's next turn on the same instance: the shorter prompt
+    is a prefix of the longer. Sharing it once used to recurse once per token (a
+    RecursionError on 1.3k-token game prompts in the eval)."""
+    first = [user("x" * 1500)]
+    later = [*first, Message(role="assistant", content="ok"), user("and then?")]
+    policy = HFPolicy(model, tok, max_new_tokens=3)
+    short, long = policy.prompt_ids(first, []), policy.prompt_ids(later, [])
+    assert long[: len(short)] == short and len(short) > 1100
+    out = await policy.generate_batch([(first, [], virtual()), (later, [], virtual())])
+    assert all(o.token_ids for o in out)
+    assert policy.stats.prefill_tokens < len(short) + len(long)  # the prefix once
+
+
 async def test_a_prompt_that_is_not_an_exact_extension_reuses_the_common_prefix(model, tok):
     """The next prompt may rewrite the end of the last one: only the common part is reused."""
     plain = HFPolicy(model, tok, max_new_tokens=6, kv_reuse=False)
