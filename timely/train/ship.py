@@ -46,18 +46,37 @@ def ship_adapter(adapter_dir: str | Path, name: str, *, root: Path | None = None
     # The run-relative name only: an absolute path would record the training machine's layout.
     source = f"{src.parent.name}/{src.name}"
     provenance = {"source": source, "tensors": len(tensors), "dtype": "float16"}
-    for record in ("manifest.json", "config.yaml"):
+    # The run's resolved config, manifest (versions, seed) and per-batch metrics ship with it.
+    for record in ("manifest.json", "config.yaml", "metrics.jsonl"):
         path = src.parent / record
         if path.is_file():
             shutil.copyfile(path, tmp / f"training-{record}")
     (tmp / "README.md").write_text(
         f"# {name}\n\nA LoRA adapter for the embedded SmolLM2-135M-Instruct, trained with "
-        "`timely-rl` (cold-start SFT on time-aware expert trajectories, then Timely-RL with "
-        "the budget-aware reward). Use it as policy `hf:" + name + "`. The training run's "
-        "config and manifest are in `training-*`; docs/results.md has its evaluation. "
+        f"`timely-rl` ({_how_trained(src.parent / 'config.yaml')}). Use it as policy "
+        f"`hf:{name}`. The training run's config, manifest and per-batch metrics are in "
+        "`training-*`; docs/results.md has its evaluation. "
         f"`{hashes.name}` holds the sha256 of the weights and config; loading checks it.\n\n"
         f"```json\n{json.dumps(provenance, indent=1)}\n```\n"
     )
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+def _how_trained(config: Path) -> str:
+    """One phrase for the card: which stage made the adapter, read from its run config."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text()) if config.is_file() else None
+    if not isinstance(data, dict) or "time_reward" not in data:
+        return "cold-start SFT on time-aware expert trajectories"
+    if data["time_reward"]:
+        return (
+            "cold-start SFT on time-aware expert trajectories, then Timely-RL with the "
+            "budget-aware reward"
+        )
+    return (
+        "cold-start SFT on time-aware expert trajectories, then the same RL with plain "
+        "correctness as the reward and no time in it: the paper's ablation"
+    )

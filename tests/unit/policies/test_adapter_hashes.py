@@ -127,3 +127,17 @@ def test_ship_refuses_a_run_adapter_that_no_longer_matches(saved, tmp_path):
     with pytest.raises(PolicyError, match="sha256"):
         ship_adapter(adapter_dir, "tiny-timely", root=tmp_path / "shipped")
     assert not (tmp_path / "shipped" / "tiny-timely").exists()
+
+
+def test_ship_carries_the_runs_config_metrics_and_says_which_reward(saved, tmp_path):
+    _, adapter_dir = saved
+    run = adapter_dir.parent
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n')
+    (run / "config.yaml").write_text("time_reward: false\nsteps: 16\n")
+    shipped = ship_adapter(adapter_dir, "tiny-notime", root=tmp_path / "shipped")
+    assert (shipped / "training-metrics.jsonl").read_text() == '{"step": 1, "reward_mean": 0.5}\n'
+    assert "time_reward: false" in (shipped / "training-config.yaml").read_text()
+    assert "ablation" in (shipped / "README.md").read_text()
+    (run / "config.yaml").write_text("time_reward: true\n")
+    card = ship_adapter(adapter_dir, "tiny-rl", root=tmp_path / "shipped") / "README.md"
+    assert "budget-aware reward" in card.read_text() and "ablation" not in card.read_text()
