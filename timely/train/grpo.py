@@ -95,6 +95,7 @@ from timely.train.objective import (
     build_batch,
     group_advantages,
     policy_step,
+    trainer_autocast,
     with_reference_logprobs,
     with_trainer_logprobs,
 )
@@ -189,7 +190,7 @@ async def _train(
     bf16 = use_bf16(config.precision)
 
     def trainer_precision() -> contextlib.AbstractContextManager:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+        return trainer_autocast(net, bf16)  # bf16 body, fp32 logits
 
     # Sampled log-probs serve as the old policy only when both sides computed them in fp32.
     recompute_old = bf16 or config.rollout_precision != "fp32"

@@ -26,6 +26,7 @@ reference):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -278,6 +279,44 @@ def policy_step(
         grad_norm=float(grad_norm),
         stepped=True,
     )
+
+
+@contextlib.contextmanager
+def trainer_autocast(model: Any, enabled: bool) -> Iterator[None]:
+    """bf16 autocast for the transformer body, with the output projection kept in fp32.
+
+    Under plain autocast the logits come out of a bf16 matmul: at logit magnitudes of 16-32
+    bf16 resolves steps of 0.125, so a peaked policy's sampled log-probs (p ~ 0.99) do not
+    change at all after one optimizer step, the importance ratio is exactly 1 and the clip
+    never acts. The head alone in fp32 costs one [tokens x hidden] x [hidden x vocab] matmul
+    at the kept positions, and gives log-probs and ratios that resolve what a step did.
+
+    Args:
+        model: a causal LM (or a peft model over one); its ``get_output_embeddings`` linear
+            layer is the head kept in fp32.
+        enabled: False runs everything in fp32 and leaves the model untouched.
+    """
+    if not enabled:
+        yield
+        return
+    find = getattr(model, "get_output_embeddings", None)
+    head = find() if callable(find) else None
+    if not isinstance(head, torch.nn.Linear):  # a model without a linear head: autocast only
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+        return
+
+    def fp32_head(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = fp32_head
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        del head.forward  # the module's own forward again
 
 
 def sample_logprobs(

@@ -126,3 +126,27 @@ def test_a_bf16_trainer_recomputes_fp32_rollouts_and_starts_at_ratio_one(tmp_pat
     assert row["trained_tokens"] > 0
     assert row["ratio_dev"] == 0.0 and row["ratio_dev_max"] == 0.0
     assert 0 < row["rollout_logprob_diff_mean"] <= row["rollout_logprob_diff_max"]
+
+
+def test_the_bf16_trainer_keeps_the_logits_in_fp32_and_restores_the_head():
+    """bf16 logits resolve 0.125 at |logit| ~ 20, so a peaked policy's log-probs would not
+    move after a step; the trainer's head runs in fp32 and a small change shows."""
+    from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
+    from timely.train.objective import trainer_autocast
+
+    model = tiny_model(len(tiny_tokenizer()))
+    rows = _bf16_batch(model)
+    head = model.get_output_embeddings()
+    ids = torch.tensor([rows[0].token_ids])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16  # what plain autocast gives
+    with torch.no_grad(), trainer_autocast(model, True):
+        assert model(input_ids=ids).logits.dtype == torch.float32
+        before, _ = sample_logprobs(model, rows, 1.0)
+        head.weight.mul_(1.0 + 1e-4)
+        after, _ = sample_logprobs(model, rows, 1.0)
+        head.weight.div_(1.0 + 1e-4)
+    assert not torch.equal(before, after)
+    assert "forward" not in vars(head)  # the module's own forward again
+    with torch.no_grad(), trainer_autocast(model, False):
+        assert model(input_ids=ids).logits.dtype == torch.float32
