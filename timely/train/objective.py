@@ -286,10 +286,13 @@ def trainer_autocast(model: Any, enabled: bool) -> Iterator[None]:
     """bf16 autocast for the transformer body, with the output projection kept in fp32.
 
     Under plain autocast the logits come out of a bf16 matmul: at logit magnitudes of 16-32
-    bf16 resolves steps of 0.125, so a peaked policy's sampled log-probs (p ~ 0.99) do not
-    change at all after one optimizer step, the importance ratio is exactly 1 and the clip
-    never acts. The head alone in fp32 costs one [tokens x hidden] x [hidden x vocab] matmul
-    at the kept positions, and gives log-probs and ratios that resolve what a step did.
+    bf16 resolves steps of 0.125, coarser than most of the log-prob differences the loss, the
+    reference KL and the ratio are made of. The head alone in fp32 costs one [tokens x hidden]
+    x [hidden x vocab] matmul at the kept positions. What it cannot fix: the body's bf16
+    activations (~0.4% resolution) also hide an optimizer step much smaller than that, so at
+    the CPU recipe's learning rates the second update of a batch sees the same forward as the
+    first (ratio exactly 1, no clipping) while the fp32 weights still accumulate every step;
+    ``precision="fp32"`` resolves it at about twice the update time.
 
     Args:
         model: a causal LM (or a peft model over one); its ``get_output_embeddings`` linear
