@@ -33,7 +33,7 @@ def test_dry_run_prints_the_resolved_config():
     assert res.returncode == 0, res.stderr
     resolved = yaml.safe_load(res.stdout)
     assert resolved["rl"]["steps"] == 3 and resolved["stage"] == "rl"
-    assert resolved["rl"]["group_size"] == 8  # from the file
+    assert resolved["rl"]["group_size"] == 4  # from the file (the default is 8)
     assert resolved["rl"]["reward"]["bonus_shape"] == "sin"
 
 
