@@ -43,6 +43,8 @@ EMBEDDED_MODEL = "smollm2-135m"
 # Named models that are the embedded base plus a LoRA adapter shipped inside the package.
 SHIPPED_ADAPTERS: dict[str, tuple[str, str]] = {
     "smollm2-135m-timely": (EMBEDDED_MODEL, "smollm2-135m-timely"),
+    # The cold-start SFT adapter the RL runs start from (and the eval's SFT row).
+    "smollm2-135m-timely-sft": (EMBEDDED_MODEL, "smollm2-135m-timely-sft"),
 }
 _ADAPTER_ROOT = Path(__file__).resolve().parent.parent / "adapters"
 # The sha256 record beside an adapter's files (sha256sum's format), and what it covers.
