@@ -2,9 +2,8 @@
 
 Importing this package registers the procedural families ``math/arithmetic-v1``,
 ``math/word-problems-v1``, ``math/multistep-v1``, ``math/chain-v1``, ``math/systems-v1`` and
-``math/batch-v1``, the
-data-file families ``math/jsonl-v1`` and ``math/hf-v1``, and the unversioned aliases that point at
-the latest version of each.
+``math/batch-v1``, the data-file families ``math/jsonl-v1`` and ``math/hf-v1``, and the
+unversioned aliases that point at the latest version of each.
 """
 
 from timely_eval.tasks.math.arithmetic import ArithmeticTask

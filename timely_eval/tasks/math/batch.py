@@ -9,7 +9,8 @@ with the parts already done. ``math/chain`` asks the same question, but its part
 and composing, which a 135M model cannot do (it scores 0 there at every budget); here the
 choice is not hidden behind the model's arithmetic reasoning.
 
-Difficulty d asks for 2 + 2d parts (at most 12) over numbers of up to d + 2 digits.
+Difficulty d asks for 2 + 2d parts (at most 14, lettered as chain's: no I or O) over numbers of
+up to d + 2 digits.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import numpy as np
 
 from timely.task import register_task
 from timely_eval.tasks.math.base import Work, lit, pick, randint
-from timely_eval.tasks.math.multipart import MultiPartProblem, MultiPartTask, Part
+from timely_eval.tasks.math.multipart import (
+    LABELS,
+    MultiPartProblem,
+    MultiPartTask,
+    Part,
+    n_parts,
+)
 
-LABELS = "ABCDEFGHIJKL"
 OPERATIONS = ("+", "-", "*")
-
-
-def n_parts(difficulty: int) -> int:
-    """Parts asked for at a difficulty: 2 + 2d, at most one per label."""
-    return min(2 + 2 * difficulty, len(LABELS))
 
 
 def _operands(rng: np.random.Generator, op: str, digits: int) -> tuple[int, int]:
@@ -40,7 +41,7 @@ def _operands(rng: np.random.Generator, op: str, digits: int) -> tuple[int, int]
 
 
 @register_task(
-    "math/batch-v1", help="Independent one-call expressions (4-12 parts); partial credit per part."
+    "math/batch-v1", help="Independent one-call expressions (4-14 parts); partial credit per part."
 )
 @register_task("math/batch", help="Alias of the latest math/batch version (v1).")
 class BatchTask(MultiPartTask):

@@ -20,9 +20,14 @@ import numpy as np
 
 from timely.task import register_task
 from timely_eval.tasks.math.base import Work, lit, pick, randint
-from timely_eval.tasks.math.multipart import MultiPartProblem, MultiPartTask, Part
+from timely_eval.tasks.math.multipart import (
+    LABELS,
+    MultiPartProblem,
+    MultiPartTask,
+    Part,
+    n_parts,
+)
 
-LABELS = ("A", "B", "C", "D", "E", "F", "G", "H", "J", "K", "L", "M", "N", "P")  # no I or O
 _CAP = 1_000_000
 Ref = tuple[str, int]  # (label, value) of an earlier part
 Opener = Callable[[np.random.Generator, int, Work, str], tuple[str, int]]
@@ -231,11 +236,6 @@ UNARY: dict[str, Step] = {
     "square-mod": square_mod,
 }
 BINARY: dict[str, Step] = {"combine": combine, "gap": gap, "nested-mod": nested_mod}
-
-
-def n_parts(difficulty: int) -> int:
-    """Parts asked for at a difficulty: 2 + 2d, at most one per label."""
-    return min(2 + 2 * difficulty, len(LABELS))
 
 
 def _step(

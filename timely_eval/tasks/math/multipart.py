@@ -31,6 +31,8 @@ from timely_eval.tasks.math.scoring import (
 if TYPE_CHECKING:
     from timely.types import Trajectory
 
+# Part labels of the lettered families (chain, batch): no I or O, which read as 1 and 0.
+LABELS = ("A", "B", "C", "D", "E", "F", "G", "H", "J", "K", "L", "M", "N", "P")
 _ANSWER_RE = re.compile(r"\banswer\b\s*\**\s*[:\uff1a]", re.IGNORECASE)
 _MAX_CHARS = 20_000  # answers live at the end; longer texts are cut from the front
 NO_PARTS_YET = "Answer: none yet"
@@ -50,6 +52,11 @@ class MultiPartProblem(Problem):
     """A :class:`Problem` whose gold is several labelled values, in the order asked."""
 
     parts: list[Part] = field(default_factory=list)
+
+
+def n_parts(difficulty: int) -> int:
+    """Parts a lettered family asks for at a difficulty: 2 + 2d, at most one per label."""
+    return min(2 + 2 * difficulty, len(LABELS))
 
 
 def answer_line(parts: list[Part] | list[tuple[str, Fraction]]) -> str:
