@@ -20,13 +20,13 @@ import numpy as np
 
 from timely.errors import ConfigError
 from timely.train.config import RLConfig
-from timely.train.objective import Sample, UpdateStats
 from timely.train.view import ViewForm
 from timely.types import EndReason, Trajectory
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-free at import: the curves (matplotlib only) read its constants
     from timely.progress import ProgressDisplay
     from timely.train.grpo import Group
+    from timely.train.objective import Sample, UpdateStats
 
 RATIO_TOLERANCE = 1e-3  # mean |ratio - 1| allowed on the first update (weights that sampled)
 METRICS_FILE, CURVES_FILE, ROLLOUTS_DIR = "metrics.jsonl", "curves.png", "rollouts"
