@@ -9,12 +9,12 @@ release so results stay comparable.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from timely.clock import Clock
 
 StatusMode = Literal["push", "pull", "both", "none", "auto"]
 Wording = Literal["default", "paper"]
@@ -56,20 +56,54 @@ class Budget(BaseModel):
 
 
 class TimeStatus(BaseModel):
-    """A snapshot of the episode's time."""
+    """A snapshot of the episode's time.
+
+    Attributes:
+        budget: the budget in seconds.
+        elapsed: seconds used so far.
+        step_s: the expected cost of one more step (a model turn and its tool call) as the
+            readings so far imply it (:func:`expected_step_s`); None before any step.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     budget: float
     elapsed: float
+    step_s: float | None = None
 
     @property
     def remaining(self) -> float:
         return self.budget - self.elapsed
 
-    @classmethod
-    def of(cls, clock: Clock, start: float, budget: Budget) -> TimeStatus:
-        return cls(budget=budget.seconds, elapsed=clock.now() - start)
+    @property
+    def steps_left(self) -> int | None:
+        """Whole steps of ``step_s`` that fit in the time left; None before any step."""
+        if not self.step_s:
+            return None
+        return max(0, math.floor(max(0.0, self.remaining) / self.step_s))
+
+
+def expected_step_s(readings: Sequence[tuple[int, float]]) -> float | None:
+    """The expected cost of one more step from time readings ``(steps done, seconds used)``.
+
+    The larger of the average over the steps at the latest reading and the cost of the steps
+    since the reading before it: prompts grow, and a turn's prefill with them, so the latest
+    step is the better guess when it was dearer. None before any step was read.
+
+    Args:
+        readings: in order; the start is ``(0, 0.0)``.
+    """
+    if not readings:
+        return None
+    steps_at, elapsed = readings[-1]
+    if steps_at <= 0:
+        return None
+    step_s = elapsed / steps_at
+    earlier = [r for r in readings if r[0] < steps_at]
+    if earlier:
+        prev_steps, prev_elapsed = earlier[-1]
+        step_s = max(step_s, (elapsed - prev_elapsed) / (steps_at - prev_steps))
+    return step_s
 
 
 class TimeAwareness(BaseModel):
@@ -100,10 +134,17 @@ class TimeAwareness(BaseModel):
     def status_line(self, status: TimeStatus) -> str:
         if self.wording == "paper":
             return f"You have spent {status.elapsed:.1f} seconds."
-        return (
+        line = (
             f"[time] {status.elapsed:.1f}s used of {_fmt(status.budget)}s, "
             f"{max(0.0, status.remaining):.1f}s left"
         )
+        left = status.steps_left
+        if left is None or status.step_s is None:
+            return line
+        # The step count turns "is there time for another step?" into reading one number, a
+        # comparison a 135M model learns from a few hundred examples where it does not learn
+        # to divide the time left by a step cost it would first have to work out.
+        return f"{line}, ~{left} step{'' if left == 1 else 's'} of {status.step_s:.1f}s"
 
     def pushes(self, task_preference: Literal["push", "pull"]) -> bool:
         return self.resolved_mode(task_preference) in ("push", "both")
@@ -113,7 +154,9 @@ class TimeAwareness(BaseModel):
 
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
-_DEFAULT_STATUS = re.compile(rf"\[time\] {_NUMBER}s used of {_NUMBER}s, {_NUMBER}s left")
+_DEFAULT_STATUS = re.compile(
+    rf"\[time\] {_NUMBER}s used of {_NUMBER}s, {_NUMBER}s left(?:, ~\d+ steps? of {_NUMBER}s)?"
+)
 _PAPER_STATUS = re.compile(rf"You have spent {_NUMBER} seconds\.")
 
 
@@ -133,8 +176,12 @@ def read_status(text: str | None, budget_s: float | None = None) -> TimeStatus |
         return None
     found = list(_DEFAULT_STATUS.finditer(text))
     if found:
-        elapsed, budget, _ = (float(g) for g in found[-1].groups())
-        return TimeStatus(budget=budget, elapsed=elapsed)
+        elapsed, budget, _, step = found[-1].groups()
+        return TimeStatus(
+            budget=float(budget),
+            elapsed=float(elapsed),
+            step_s=float(step) if step is not None else None,
+        )
     spent = list(_PAPER_STATUS.finditer(text))
     if spent and budget_s is not None:
         return TimeStatus(budget=budget_s, elapsed=float(spent[-1].group(1)))

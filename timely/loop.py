@@ -22,6 +22,7 @@ from timely.budget import (
     Budget,
     TimeAwareness,
     TimeStatus,
+    expected_step_s,
     get_duration_schema,
 )
 from timely.clock import Clock, SpeedProfile, speed_profile, utc_now
@@ -279,6 +280,10 @@ class _Episode:
         self.wrapping_up = False  # told to answer now: no tools are offered any more
         self._tools_tokens: int | None = None  # estimated tokens of the tools section
         self._message_tokens, self._counted = 0, 0  # estimated tokens of messages[:counted]
+        # Task tool results so far and the (results, seconds used) of each status shown: the
+        # step cost a status states is the one its readings imply, as the model saw them.
+        self._task_results = 0
+        self._readings: list[tuple[int, float]] = [(0, 0.0)]
 
     # -- time --------------------------------------------------------------------------------
     @property
@@ -290,7 +295,9 @@ class _Episode:
         return self.clock.now() >= self.stop_at
 
     def status(self) -> TimeStatus:
-        return TimeStatus.of(self.clock, self.start_at, self.budget)
+        elapsed = self.clock.now() - self.start_at
+        step_s = expected_step_s([*self._readings, (self._task_results, elapsed)])
+        return TimeStatus(budget=self.budget.seconds, elapsed=elapsed, step_s=step_s)
 
     def at(self) -> float:
         return self.clock.now() - self.start_at
@@ -511,6 +518,8 @@ class _Episode:
 
     async def observation(self, call: ToolCall, result: ToolResult) -> Message:
         content = result.content
+        if call.name != GET_DURATION_TOOL:
+            self._task_results += 1
         if self.push and call.name != GET_DURATION_TOOL:
             status = self.status()
             line = self.opts.time.status_line(status)
@@ -525,6 +534,7 @@ class _Episode:
         status: TimeStatus,
         line: str,
     ) -> None:
+        self._readings.append((self._task_results, status.elapsed))
         if self.events:
             await self.events.emit(
                 TimeStatusShown(

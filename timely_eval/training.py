@@ -95,7 +95,7 @@ def eval_suite(
         # The reference (and each policy's own calibration) is timed with the eval prompt.
         "calibration": {"time": "default"},
         "clock": "virtual",
-        "episode": {"max_turns": config.max_turns, "speed": speed},
+        "episode": {"max_turns": config.max_turns, "speed": speed, "time": config.time},
         "concurrency": config.concurrency,
     }
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from timely.budget import GET_DURATION_TOOL, read_status
+from timely.budget import GET_DURATION_TOOL, TimeStatus, expected_step_s, read_status
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.policies.base import Deadline, register_backend, register_check
@@ -106,7 +106,8 @@ def shown_times(messages: list[Any]) -> ShownTime | None:
     budget = _stated_budget(messages)
     if budget is None:
         return None
-    readings = [(0, 0.0, budget)]
+    readings: list[tuple[int, float]] = [(0, 0.0)]
+    latest: TimeStatus | None = None
     steps = 0
     for m in messages:
         role = _get(m, "role")
@@ -115,15 +116,15 @@ def shown_times(messages: list[Any]) -> ShownTime | None:
         if role in ("tool", "user"):
             status = read_status(_get(m, "content"), budget)
             if status is not None:
-                readings.append((steps, status.elapsed, status.budget))
-    steps_at, elapsed, shown_budget = readings[-1]
-    step_s: float | None = None
-    if steps_at > 0:
-        step_s = elapsed / steps_at
-        earlier = [r for r in readings if r[0] < steps_at]
-        if earlier:
-            prev_steps, prev_elapsed, _ = earlier[-1]
-            step_s = max(step_s, (elapsed - prev_elapsed) / (steps_at - prev_steps))
+                readings.append((steps, status.elapsed))
+                latest = status
+    steps_at, elapsed = readings[-1]
+    shown_budget = latest.budget if latest is not None else budget
+    # A status that states the step cost is read as stated (what the model saw); the paper's
+    # wording does not, and the cost is worked out from its readings the same way the loop does.
+    step_s = latest.step_s if latest is not None and latest.step_s else None
+    if step_s is None:
+        step_s = expected_step_s(readings)
     return ShownTime(
         steps=steps_at, elapsed=elapsed, remaining=shown_budget - elapsed, step_s=step_s
     )

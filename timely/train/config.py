@@ -156,6 +156,13 @@ class SFTConfig(_Frozen):
     )
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
+    early_copies: int = Field(
+        1,
+        ge=1,
+        description="Times each row whose expert answered early (the `early` column) appears "
+        "in an epoch. Stopping is one token in a row of continues, and only short budgets "
+        "have it: more copies weight that decision against the many calls around it.",
+    )
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
     seed: int = Field(0, description="Seeds data order and adapter init.")
 
@@ -356,6 +363,12 @@ class EvalStageConfig(_Frozen):
         "turn); every policy, base included, is played the same way.",
     )
     max_new_tokens: int = Field(96, ge=1, description="Tokens per model turn (as in RL).")
+    time: str = Field(
+        "push",
+        description="Time-awareness preset of every episode (timely.budget's presets): push, "
+        "the status after every tool result that the data and RL showed (`auto` would let math "
+        "pull the time through a get_duration tool the trained policy has never been shown).",
+    )
     concurrency: int = Field(
         16, ge=1, description="Episodes in flight (a local model micro-batches their turns)."
     )

@@ -72,10 +72,11 @@ class Examples:
         return h.hexdigest()[:16]
 
 
-def load_examples(dataset_path: str | Path, max_length: int) -> Examples:
+def load_examples(dataset_path: str | Path, max_length: int, early_copies: int = 1) -> Examples:
     """Rows of a cold-start dataset (a directory of shards or one parquet file); rows longer
     than ``max_length`` are dropped, not cut (a cut episode would teach answers without their
-    context), and so are rows without loss tokens."""
+    context), and so are rows without loss tokens. Rows whose expert answered early appear
+    ``early_copies`` times (datasets without the ``early`` column have none)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -83,17 +84,26 @@ def load_examples(dataset_path: str | Path, max_length: int) -> Examples:
     files = sorted(path.glob("train-*.parquet")) if path.is_dir() else [path]
     if not files:
         raise TrainingDataError(f"{path} holds no train-*.parquet shards")
-    table = pa.concat_tables([pq.read_table(f, columns=["input_ids", "loss_mask"]) for f in files])
+    wanted = ["input_ids", "loss_mask"]
+    if all("early" in pq.read_schema(f).names for f in files):
+        wanted.append("early")
+    table = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files])
     ids_col, mask_col = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
+    early_col = (
+        table.column("early").to_pylist()
+        if "early" in table.column_names
+        else [False] * len(ids_col)
+    )
     keep_ids, keep_mask, long, empty = [], [], 0, 0
-    for ids, mask in zip(ids_col, mask_col, strict=True):
+    for ids, mask, early in zip(ids_col, mask_col, early_col, strict=True):
         if len(ids) > max_length:
             long += 1
         elif not any(mask):
             empty += 1
         else:
-            keep_ids.append(ids)
-            keep_mask.append(mask)
+            copies = early_copies if early else 1
+            keep_ids.extend([ids] * copies)
+            keep_mask.extend([mask] * copies)
     if not keep_ids:
         raise TrainingDataError(
             f"no row of {path} fits sft.max_length={max_length} ({long} longer, {empty} "
@@ -227,7 +237,7 @@ def run_sft(
         raise ConfigError("sft.batch_size must be a multiple of sft.micro_batch_size")
     run = Path(run_dir)
     output = run / ("adapter" if config.lora is not None else "model")
-    examples = load_examples(dataset_path, config.max_length)
+    examples = load_examples(dataset_path, config.max_length, config.early_copies)
     total = max(1, math.ceil(config.epochs * len(examples) / config.batch_size))
     if _finished(run, total, output):
         return output

@@ -1,7 +1,14 @@
 import pytest
 from pydantic import ValidationError
 
-from timely.budget import TIME_AWARENESS_PRESETS, Budget, TimeAwareness, TimeStatus
+from timely.budget import (
+    TIME_AWARENESS_PRESETS,
+    Budget,
+    TimeAwareness,
+    TimeStatus,
+    expected_step_s,
+    read_status,
+)
 
 
 def test_budget_stop_and_on_time():
@@ -22,6 +29,29 @@ def test_status_lines():
     paper = TIME_AWARENESS_PRESETS["paper"]
     assert paper.status_line(status) == "You have spent 12.3 seconds."
     assert paper.budget_line(30) == "Please answer within 30 seconds."
+
+
+def test_status_lines_state_the_steps_that_fit_once_a_step_was_timed():
+    status = TimeStatus(budget=60, elapsed=12.34, step_s=6.17)
+    assert status.steps_left == 7
+    line = TimeAwareness().status_line(status)
+    assert line == "[time] 12.3s used of 60s, 47.7s left, ~7 steps of 6.2s"
+    assert read_status(f"= 42\n{line}") == TimeStatus(budget=60, elapsed=12.3, step_s=6.2)
+    one = TimeStatus(budget=20, elapsed=13.0, step_s=5.0)
+    assert TimeAwareness().status_line(one).endswith(", ~1 step of 5.0s")
+    over = TimeStatus(budget=20, elapsed=21.0, step_s=5.0)
+    assert over.steps_left == 0 and TimeAwareness().status_line(over).endswith("~0 steps of 5.0s")
+    # The paper's wording states elapsed time only, as the reference release does.
+    assert TIME_AWARENESS_PRESETS["paper"].status_line(status) == "You have spent 12.3 seconds."
+
+
+def test_expected_step_cost_is_the_dearer_of_the_average_and_the_latest_steps():
+    assert expected_step_s([(0, 0.0)]) is None
+    assert expected_step_s([(0, 0.0), (2, 10.0)]) == pytest.approx(5.0)
+    # The latest step cost 8 s against an average of 6 s: prompts grow, so it is the guess.
+    assert expected_step_s([(0, 0.0), (2, 10.0), (3, 18.0)]) == pytest.approx(8.0)
+    # A clock read between (no new step) does not count as a step.
+    assert expected_step_s([(0, 0.0), (2, 10.0), (2, 11.0), (3, 13.0)]) == pytest.approx(13 / 3)
 
 
 def test_modes_resolve_against_task_preference():

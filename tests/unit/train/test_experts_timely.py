@@ -154,13 +154,19 @@ async def test_training_time_modes_push_elapsed_and_remaining_after_every_tool_r
     budget = traj.budget_s
     results = [m for m in traj.messages if m.role == "tool"]
     assert results and traj.end_reason == EndReason.ANSWERED
-    for m in results:  # the last line of every result: used, budget and left, consistent
+    for n, m in enumerate(results, 1):  # the last line of every result: used, budget, left
         line = m.content.splitlines()[-1]
-        found = re.fullmatch(r"\[time\] ([\d.]+)s used of ([\d.]+)s, ([\d.]+)s left", line)
+        found = re.fullmatch(
+            r"\[time\] ([\d.]+)s used of ([\d.]+)s, ([\d.]+)s left, ~(\d+) steps? of ([\d.]+)s",
+            line,
+        )
         assert found is not None, line
-        used, shown_budget, left = (float(g) for g in found.groups())
+        used, shown_budget, left, steps, step_s = (float(g) for g in found.groups())
         assert shown_budget == pytest.approx(budget, abs=0.05)
         assert used + left == pytest.approx(shown_budget, abs=0.11)
+        # The step cost is at least the average so far, and the count is what fits in the rest.
+        assert step_s >= used / n - 0.05
+        assert steps == int(left / step_s) or abs(left / step_s - round(left / step_s)) < 0.05
 
 
 async def test_a_cut_off_episode_is_replayed_into_an_answer_in_time():

@@ -64,6 +64,8 @@ def test_the_eval_suite_plays_tasks_at_their_training_options():
     difficulty = {t.id: t.difficulty for t in suite.tasks}
     assert difficulty == {"math/arithmetic-v1": None, "games/treasure-v1": 1}
     assert suite.split == "test" and suite.episode.max_turns == 5
+    # The status after every tool result, as in the data and RL (math would otherwise pull).
+    assert suite.episode.time.mode == "push"
     assert {t.id: t.episodes for t in suite.tasks} == {
         "math/arithmetic-v1": None,
         "games/treasure-v1": 1,

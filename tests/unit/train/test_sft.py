@@ -20,6 +20,7 @@ from timely.train.data import build_dataset
 from timely.train.sft import (
     batch_indices,
     collate,
+    load_examples,
     lr_factor,
     prepare_model,
     run_sft,
@@ -124,6 +125,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_rows_answered_early_are_repeated_early_copies_times(tmp_path):
+    rows = [
+        {"input_ids": [5, 6, 7], "loss_mask": [0, 1, 1], "early": True},
+        {"input_ids": [8, 9], "loss_mask": [0, 1], "early": False},
+        {"input_ids": [10, 11], "loss_mask": [0, 0], "early": True},  # no loss: dropped
+    ]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    once = load_examples(path, max_length=64)
+    assert once.input_ids == [[5, 6, 7], [8, 9]] and once.dropped_empty == 1
+    three = load_examples(path, max_length=64, early_copies=3)
+    assert three.input_ids == [[5, 6, 7]] * 3 + [[8, 9]]
+    assert three.loss_mask == [[0, 1, 1]] * 3 + [[0, 1]]
+    # A dataset without the column (older builds) has no early rows.
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(
+        pa.Table.from_pylist([{k: r[k] for k in ("input_ids", "loss_mask")} for r in rows]), plain
+    )
+    assert len(load_examples(plain, max_length=64, early_copies=3)) == 2
 
 
 def test_data_order_is_one_permutation_per_epoch_from_the_seed():
