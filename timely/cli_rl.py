@@ -6,6 +6,7 @@
     timely-rl ship runs/train                 # ship the RL adapter as hf:smollm2-135m-timely
     timely-rl export-gguf --adapter DIR --out model.gguf   # merged, for llamacpp:FILE
     timely-rl results runs/train              # rewrite results.md (and docs/) from the eval
+    timely-rl decisions runs/train/eval/run --model smollm2-135m-timely   # P(answer) by time
 
 The training command is the composition root of :mod:`timely.train`; it holds no logic.
 """
@@ -33,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-SUBCOMMANDS = ("reward", "ship", "results", "export-gguf")
+SUBCOMMANDS = ("reward", "ship", "results", "export-gguf", "decisions")
 
 TRAIN_HELP = """\
 Train a budget-aware agent: cold-start data -> SFT -> Timely-RL -> held-out eval.
@@ -266,6 +267,65 @@ def export_gguf(
     Console().print(
         f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB); run it as llamacpp:{path}"
     )
+
+
+@app.command()
+def decisions(
+    run: Annotated[
+        Path, typer.Argument(help="A run directory or trajectories file (eval run, data/).")
+    ],
+    model: Annotated[
+        str, typer.Option(help="The model: smollm2-135m, a shipped adapter name, or a path.")
+    ] = "smollm2-135m",
+    adapter: Annotated[
+        Path | None, typer.Option(help="A peft adapter directory merged into --model.")
+    ] = None,
+    task: Annotated[str, typer.Option(help="Only tasks whose id starts with this.")] = "math/batch",
+    answer_prefix: Annotated[
+        str, typer.Option(help="How an answering turn starts (its first token is measured).")
+    ] = "Answer",
+    limit: Annotated[
+        int, typer.Option(help="Decision points measured per steps-left bucket at most.")
+    ] = 50,
+) -> None:
+    """P(the next turn answers) by the steps the time status said were left, beside what the
+    recorded turns did: whether a model has learned to answer when time is short."""
+    from timely.errors import PolicyError
+    from timely.policies.hf_models import load_model
+    from timely.runrecord.trajectories import read_run
+    from timely.train.decisions import (
+        answer_probabilities,
+        decision_points,
+        decision_table,
+        per_bucket,
+    )
+
+    try:
+        points = per_bucket(decision_points(read_run(run), task), limit)
+        if not points:
+            raise ConfigError(
+                f"{run} has no tool result with a step count on {task!r} tasks: pass a run "
+                "played with the pushed time status (time: push or both)"
+            )
+        lm, tokenizer = load_model(model, adapter=adapter)
+    except (ConfigError, PolicyError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    lm.eval()
+    rows = decision_table(points, answer_probabilities(lm, tokenizer, points, answer_prefix))
+    table = Table(title=f"{model}{f' + {adapter}' if adapter else ''} on {run} ({task})")
+    for col in ("steps left shown", "points", "recorded answered", "cut off", "P(answer)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        answered = r["recorded_answered"]
+        table.add_row(
+            r["steps_left"],
+            str(r["points"]),
+            "-" if answered is None else f"{answered:.2f}",
+            str(r["cut_off"]),
+            f"{r['p_answer']:.2f}",
+        )
+    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
