@@ -118,8 +118,9 @@ class TimeAwareness(BaseModel):
     )
     wording: Wording = Field(
         "default",
-        description="default: budget, elapsed and remaining; paper: the reference release's "
-        "'Please answer within T seconds.' and elapsed-only 'You have spent X seconds.'",
+        description="default: budget, elapsed, remaining and the steps that fit; paper: the "
+        "reference release's 'Please answer within T seconds.' and elapsed-only 'You have "
+        "spent X seconds.'",
     )
     show_budget: bool = Field(True, description="State the budget in the user turn.")
 
