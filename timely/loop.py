@@ -280,9 +280,8 @@ class _Episode:
         self.wrapping_up = False  # told to answer now: no tools are offered any more
         self._tools_tokens: int | None = None  # estimated tokens of the tools section
         self._message_tokens, self._counted = 0, 0  # estimated tokens of messages[:counted]
-        # Task tool results so far and the (results, seconds used) of each status shown: the
-        # step cost a status states is the one its readings imply, as the model saw them.
-        self._task_results = 0
+        # (task tool results, seconds used) at each status shown: the step cost a status states
+        # is the one its readings imply, as the model saw them.
         self._readings: list[tuple[int, float]] = [(0, 0.0)]
 
     # -- time --------------------------------------------------------------------------------
@@ -296,8 +295,12 @@ class _Episode:
 
     def status(self) -> TimeStatus:
         elapsed = self.clock.now() - self.start_at
-        step_s = expected_step_s([*self._readings, (self._task_results, elapsed)])
+        step_s = expected_step_s([*self._readings, (self._task_results(), elapsed)])
         return TimeStatus(budget=self.budget.seconds, elapsed=elapsed, step_s=step_s)
+
+    def _task_results(self) -> int:
+        """Tool results so far other than clock reads: the steps a status counts."""
+        return sum(r.name != GET_DURATION_TOOL for step in self.steps for r in step.tool_results)
 
     def at(self) -> float:
         return self.clock.now() - self.start_at
@@ -518,8 +521,6 @@ class _Episode:
 
     async def observation(self, call: ToolCall, result: ToolResult) -> Message:
         content = result.content
-        if call.name != GET_DURATION_TOOL:
-            self._task_results += 1
         if self.push and call.name != GET_DURATION_TOOL:
             status = self.status()
             line = self.opts.time.status_line(status)
@@ -534,7 +535,7 @@ class _Episode:
         status: TimeStatus,
         line: str,
     ) -> None:
-        self._readings.append((self._task_results, status.elapsed))
+        self._readings.append((self._task_results(), status.elapsed))
         if self.events:
             await self.events.emit(
                 TimeStatusShown(
