@@ -163,6 +163,19 @@ class SFTConfig(_Frozen):
         "in an epoch. Stopping is one token in a row of continues, and only short budgets "
         "have it: more copies weight that decision against the many calls around it.",
     )
+    decision_weight: float = Field(
+        1.0,
+        ge=1.0,
+        description="Loss weight of the first token of each assistant turn, where the model "
+        "chooses between another tool call and the answer (the loss stays a weighted token "
+        "mean). 1: a plain token mean, under which that choice is one token in hundreds.",
+    )
+    stop_weight: float | None = Field(
+        None,
+        ge=1.0,
+        description="Loss weight of the first token of each row's last turn (the answer: an "
+        "episode stops once and continues at every other turn); None: decision_weight.",
+    )
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
     seed: int = Field(0, description="Seeds data order and adapter init.")
 

@@ -18,7 +18,8 @@ largest tensor of a step).
 One optimizer step: ``batch_size`` sequences as ``batch_size / micro_batch_size`` right-padded
 micro-batches (labels -100 outside the loss mask; the batch sorted by length first, so math rows
 of ~700 tokens are not padded to a 2k-token game), loss = summed token cross-entropy / loss
-tokens of the whole batch (so accumulation equals one big batch), clip, AdamW, linear warmup
+tokens of the whole batch (so accumulation equals one big batch; with ``decision_weight`` a
+weighted sum over the summed weights), clip, AdamW, linear warmup
 then cosine decay to 0. The data order is a fixed permutation per (seed, epoch), so a run
 resumed from a checkpoint (step, trainable weights, optimizer, scheduler, RNG) continues exactly
 as the uninterrupted run would have.
@@ -141,25 +142,58 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def collate(ids: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad_id: int) -> Any:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 outside the mask)."""
+def turn_start_weights(
+    mask: Sequence[int], decision_weight: float, stop_weight: float | None = None
+) -> list[float]:
+    """Per-token loss weights: 1 on loss tokens, ``decision_weight`` on the first loss token of
+    each assistant turn, ``stop_weight`` (default: ``decision_weight``) on the first token of
+    the row's last turn, 0 elsewhere.
+
+    A turn's first token is where the model chooses between another tool call ("Step ...")
+    and the final answer ("Answer: ..."): one token among hundreds of predictable ones, so under
+    a plain token mean the choice hardly moves the loss. And an episode stops once but
+    continues at every other turn, so the stop is the rare side of that choice.
+    """
+    stop = decision_weight if stop_weight is None else stop_weight
+    starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
+    weights = [float(bool(m)) for m in mask]
+    for i in starts:
+        weights[i] = decision_weight
+    if starts:
+        weights[starts[-1]] = stop
+    return weights
+
+
+def collate(
+    ids: Sequence[Sequence[int]],
+    masks: Sequence[Sequence[int]],
+    pad_id: int,
+    decision_weight: float = 1.0,
+    stop_weight: float | None = None,
+) -> Any:
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 outside the mask) and
+    the loss ``weights`` of :func:`turn_start_weights` (0 outside the mask)."""
     import torch
 
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(ids), width), dtype=torch.long)
     labels = torch.full((len(ids), width), -100, dtype=torch.long)
+    weights = torch.zeros((len(ids), width), dtype=torch.float32)
     for row, (x, m) in enumerate(zip(ids, masks, strict=True)):
         t = torch.tensor(x, dtype=torch.long)
         input_ids[row, : len(x)] = t
         attention[row, : len(x)] = 1
         labels[row, : len(x)] = torch.where(torch.tensor(m, dtype=torch.bool), t, -100)
-    return input_ids, attention, labels
+        weights[row, : len(x)] = torch.tensor(turn_start_weights(m, decision_weight, stop_weight))
+    return input_ids, attention, labels, weights
 
 
-def summed_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
+def summed_loss(
+    model: Any, input_ids: Any, attention: Any, labels: Any, weights: Any = None
+) -> Any:
     """Sum of the token cross-entropies at label positions (``labels[t]`` predicted from
-    position ``t - 1``); the head runs only there."""
+    position ``t - 1``), each times its ``weights[t]`` when given; the head runs only there."""
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -167,7 +201,10 @@ def summed_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
     targets = labels[:, 1:]
     where = targets != -100
     logits = base.get_output_embeddings()(hidden[:, :-1][where])
-    return F.cross_entropy(logits.float(), targets[where], reduction="sum")
+    if weights is None:
+        return F.cross_entropy(logits.float(), targets[where], reduction="sum")
+    token_loss = F.cross_entropy(logits.float(), targets[where], reduction="none")
+    return (token_loss * weights[:, 1:][where]).sum()
 
 
 def use_bf16(precision: str) -> bool:
@@ -316,14 +353,23 @@ def _train_step(
         key=lambda i: len(examples.input_ids[i]),
     )
     loss_tokens = sum(sum(examples.loss_mask[i]) for i in rows)
+    # The loss is a weighted token mean: with decision_weight 1 the plain mean over loss tokens.
+    loss_weight = sum(
+        sum(turn_start_weights(examples.loss_mask[i], config.decision_weight, config.stop_weight))
+        for i in rows
+    )
     total_loss, tokens = 0.0, 0
     for k in range(0, len(rows), config.micro_batch_size):
         part = rows[k : k + config.micro_batch_size]
-        ids, attention, labels = collate(
-            [examples.input_ids[i] for i in part], [examples.loss_mask[i] for i in part], pad
+        ids, attention, labels, weights = collate(
+            [examples.input_ids[i] for i in part],
+            [examples.loss_mask[i] for i in part],
+            pad,
+            config.decision_weight,
+            config.stop_weight,
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.precision)):
-            loss = summed_loss(model, ids, attention, labels) / loss_tokens
+            loss = summed_loss(model, ids, attention, labels, weights) / loss_weight
         loss.backward()
         total_loss += float(loss.detach())
         tokens += int(attention.sum())

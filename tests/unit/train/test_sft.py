@@ -25,6 +25,7 @@ from timely.train.sft import (
     prepare_model,
     run_sft,
     summed_loss,
+    turn_start_weights,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -103,7 +104,7 @@ def test_full_fine_tuning_saves_the_model(tiny_dir, tmp_path):
 
 def test_the_loss_counts_only_masked_tokens():
     model = tiny_model(64, seed=2)
-    ids, attention, labels = collate([[5, 6, 7, 8], [9, 10]], [[0, 0, 1, 1], [0, 1]], pad_id=2)
+    ids, attention, labels, _ = collate([[5, 6, 7, 8], [9, 10]], [[0, 0, 1, 1], [0, 1]], pad_id=2)
     assert labels.tolist() == [[-100, -100, 7, 8], [-100, 10, -100, -100]]
     assert attention.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     logits = model(input_ids=ids, attention_mask=attention).logits
@@ -113,8 +114,34 @@ def test_the_loss_counts_only_masked_tokens():
     assert torch.allclose(summed_loss(model, ids, attention, labels), expected, atol=1e-5)
 
 
+def test_the_first_token_of_each_turn_carries_the_decision_weight():
+    # Two assistant turns: tokens 1-2 and 4-5 (token 3 is a tool result).
+    assert turn_start_weights([0, 1, 1, 0, 1, 1], 5.0) == [0, 5, 1, 0, 5, 1]
+    assert turn_start_weights([1, 1, 0], 3.0) == [3, 1, 0]
+    assert turn_start_weights([0, 1, 1], 1.0) == [0, 1, 1]
+    # The last turn's first token (the answer) has the stop weight.
+    assert turn_start_weights([0, 1, 1, 0, 1, 1], 5.0, 9.0) == [0, 5, 1, 0, 9, 1]
+    assert turn_start_weights([0, 1, 0], 5.0, 9.0) == [0, 9, 0]
+
+
+def test_the_weighted_loss_weights_each_token_cross_entropy():
+    model = tiny_model(64, seed=2)
+    ids, attention, labels, weights = collate(
+        [[5, 6, 7, 8, 9, 10]], [[0, 1, 1, 0, 1, 1]], pad_id=2, decision_weight=4.0
+    )
+    assert weights.tolist() == [[0, 4, 1, 0, 4, 1]]
+    logits = model(input_ids=ids, attention_mask=attention).logits
+    each = F.cross_entropy(logits[0, [0, 1, 3, 4]], torch.tensor([6, 7, 9, 10]), reduction="none")
+    expected = (each * torch.tensor([4.0, 1.0, 4.0, 1.0])).sum()
+    assert torch.allclose(summed_loss(model, ids, attention, labels, weights), expected, atol=1e-5)
+    # Weight 1 is the plain summed loss.
+    *_, ones = collate([[5, 6, 7, 8, 9, 10]], [[0, 1, 1, 0, 1, 1]], pad_id=2)
+    plain = summed_loss(model, ids, attention, labels)
+    assert torch.allclose(summed_loss(model, ids, attention, labels, ones), plain, atol=1e-5)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
-    ids, attention, labels = collate(
+    ids, attention, labels, _ = collate(
         [[5, 6, 7, 8, 9], [9, 10, 11]], [[0, 0, 1, 1, 1], [0, 1, 1]], 2
     )
     grads = []
