@@ -97,6 +97,14 @@ def eval_suite(
         "clock": "virtual",
         "episode": {"max_turns": config.max_turns, "speed": speed, "time": config.time},
         "concurrency": config.concurrency,
+        **(
+            {
+                "backend": "ray",
+                "ray": {"num_cpus": config.workers, "workers": config.workers},
+            }
+            if config.workers > 1
+            else {}
+        ),
     }
 
 

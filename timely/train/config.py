@@ -385,6 +385,14 @@ class EvalStageConfig(_Frozen):
     concurrency: int = Field(
         16, ge=1, description="Episodes in flight (a local model micro-batches their turns)."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Processes that play the eval: 1 plays it in this process; N > 1 starts a "
+        "private local Ray with N worker actors of one CPU (one torch thread) each, every one "
+        "holding its own copy of each row's model, writing into the same run directory (the "
+        "episodes are the same on the virtual clock; a local run resumes under Ray and back).",
+    )
     enabled: bool = Field(True, description="Run it at the end of each stage.")
 
 

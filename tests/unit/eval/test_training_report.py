@@ -176,3 +176,11 @@ def test_the_eval_stage_plays_issue_20s_protocol():
         n = (t.episodes or suite.episodes) * len(suite.latencies)
         per_family[t.family] = per_family.get(t.family, 0) + n
     assert per_family == {"math": 48, "games": 24}  # at least the protocol's 24 a point
+    assert suite.backend == "local"
+
+
+def test_eval_workers_play_on_a_private_local_ray():
+    rows = {"base": {"spec": "hf:smollm2-135m"}}
+    suite = Suite.model_validate(eval_suite(rows, EvalStageConfig(workers=2), speed="smollm2-cpu"))
+    assert suite.backend == "ray" and suite.ray.address is None
+    assert (suite.ray.num_cpus, suite.ray.workers, suite.ray.num_cpus_per_worker) == (2, 2, 1.0)
