@@ -106,9 +106,11 @@ class DataConfig(_Frozen):
         "the same prompt and reply (about twice the estimate), budgets scaled by the expert's "
         "time counted that way; estimate: the scripted policy's characters / 4.",
     )
-    keep: Literal["on_time", "all"] = Field(
+    keep: Literal["on_time", "scored", "all"] = Field(
         "on_time",
-        description="on_time: keep only answered, on-time episodes (what to imitate); all: keep "
+        description="on_time: keep only answered, on-time episodes (what to imitate); scored: "
+        "of those only the ones that score (an on-time answer worth 0, such as an arithmetic "
+        "guess made with no time for a call, teaches answering without working); all: keep "
         "every episode.",
     )
     seed: int = Field(0, description="Seeds budgets, latencies, modes and instance order.")

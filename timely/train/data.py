@@ -302,7 +302,13 @@ def build_dataset(
     # Cut-off expert episodes arrive already replayed into answers in time where one fits
     # (timely.train.experts.salvage): short budgets give "answer with what you have" examples
     # instead of holes. What is still unanswered or late is no behaviour to imitate.
-    kept = [t for t in played if config.keep == "all" or _on_time(t)]
+    kept = [t for t in played if _keep(t, config.keep)]
+    if not kept:
+        raise TrainingDataError(
+            f"data.keep={config.keep} kept none of the {len(played)} expert episodes (none "
+            "answered in time, or none scored): give the budgets more room "
+            "(data.budget_multipliers, data.no_limit_share) or keep more (data.keep)"
+        )
     rows = [row for t in kept for row in trajectory_rows(t, tokenizer, source="expert")]
     order = make_rng("cold-start-rows", config.seed).permutation(len(rows))
     out.mkdir(parents=True, exist_ok=True)
@@ -377,6 +383,13 @@ def read_trajectories(dataset_dir: str | Path) -> list[Trajectory]:
 
 def _on_time(t: Trajectory) -> bool:
     return t.end_reason == EndReason.ANSWERED and t.compliant
+
+
+def _keep(t: Trajectory, keep: str) -> bool:
+    """Whether the data keeps ``t`` under ``DataConfig.keep``."""
+    if keep == "all":
+        return True
+    return _on_time(t) and (keep == "on_time" or (t.score or 0.0) > 0.0)
 
 
 def _complete(out: Path, stamp: dict[str, Any]) -> bool:

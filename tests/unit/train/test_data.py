@@ -15,6 +15,7 @@ from tests.helpers.episodes import play_calculator
 from tests.helpers.scripted_model import scripted_model, tool_then_answer
 from tests.helpers.tiny_model import tiny_model, tiny_tokenizer
 from timely.budget import GET_DURATION_TOOL
+from timely.errors import TrainingDataError
 from timely.policies.hf import HFPolicy
 from timely.prompting import assistant_text, render_prompt
 from timely.rollout import Runtime
@@ -252,3 +253,45 @@ def test_cut_off_and_partial_expert_episodes_are_kept_when_answered_in_time(tmp_
     assert all(0 < r["score"] < 1 for r in rows)  # partial credit, answered in time
     for traj in read_trajectories(out):
         assert traj.compliant and traj.metadata["salvaged"]["steps"] > traj.n_tool_calls
+
+
+def test_scored_keeps_only_on_time_answers_that_score(tmp_path, etok):
+    """At budgets under one calculator call the arithmetic expert answers at once with nothing
+    computed (score 0, on time): ``keep=scored`` drops those rows, ``on_time`` keeps them."""
+    config = SMALL.model_copy(
+        update={
+            "tasks": ("math/arithmetic-v1",),
+            "episodes_per_task": 12,
+            "expert": "scripted:timely",
+            "budget_multipliers": (0.3, 3.0),
+            "no_limit_share": 0.0,
+            "time_modes": ("push",),
+        }
+    )
+    on_time = build_dataset(config, tmp_path / "on_time", tokenizer=etok, progress=False)
+    scored = build_dataset(
+        config.model_copy(update={"keep": "scored"}),
+        tmp_path / "scored",
+        tokenizer=etok,
+        progress=False,
+    )
+    every = load_sft_dataset(on_time).to_list()
+    assert any(r["score"] == 0 for r in every)  # the guesses the issue is about
+    assert any(r["score"] > 0 for r in every)
+    kept = load_sft_dataset(scored).to_list()
+    assert kept and all(r["score"] > 0 for r in kept)
+    assert len(kept) == sum(1 for r in every if r["score"] > 0)
+
+
+def test_a_build_that_keeps_nothing_says_why(tmp_path, etok):
+    config = SMALL.model_copy(
+        update={
+            "tasks": ("math/arithmetic-v1",),
+            "episodes_per_task": 2,
+            "budget_multipliers": (0.01, 0.02),  # no time for anything: every answer a guess
+            "no_limit_share": 0.0,
+            "keep": "scored",
+        }
+    )
+    with pytest.raises(TrainingDataError, match="kept none of the 2 expert episodes"):
+        build_dataset(config, tmp_path / "data", tokenizer=etok, progress=False)
