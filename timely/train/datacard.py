@@ -68,10 +68,12 @@ def _card(rows: list[dict[str, Any]], played: list[Any], config: str, build: dic
         "project's one agent loop on a virtual clock, under a setting drawn per episode: a tool "
         "latency, a time-status mode (`push`: a status line after each tool result; `pull`: a "
         "`get_duration` tool, which the expert calls every few steps and before it stops early; "
-        "`both`), and a budget of 0.5x-3x the expert's unconstrained time on that instance "
-        "(log-uniform), or no limit at all (no budget shown). When the next step would not fit, "
-        "the expert answers at once with its best partial result. Only episodes answered on time "
-        "are kept (`keep: on_time`), unless the config says `all`.",
+        "`both`), and a budget of `budget_multipliers` x the expert's unconstrained time on "
+        "that instance (log-uniform), or no limit at all (no budget shown). When the next step "
+        "would not fit, the expert answers at once with its best partial result. `keep` (in "
+        "the config below) says which episodes became rows: `on_time` those answered on time, "
+        "`scored` those of them that score (not a guess made with no time for a step), `all` "
+        "every one.",
         "",
         "Ids are exactly what the local transformers policy would have seen: per turn, the prompt "
         "rendered by the project's renderer (tools listed Hermes-style in the system prompt) and "
