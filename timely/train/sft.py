@@ -18,8 +18,8 @@ largest tensor of a step).
 One optimizer step: ``batch_size`` sequences as ``batch_size / micro_batch_size`` right-padded
 micro-batches (labels -100 outside the loss mask; the batch sorted by length first, so math rows
 of ~700 tokens are not padded to a 2k-token game), loss = summed token cross-entropy / loss
-tokens of the whole batch (so accumulation equals one big batch; with ``decision_weight`` a
-weighted sum over the summed weights), clip, AdamW, linear warmup
+tokens of the whole batch (so accumulation equals one big batch; with ``decision_weight`` or
+``stop_weight`` a weighted sum over the summed weights), clip, AdamW, linear warmup
 then cosine decay to 0. The data order is a fixed permutation per (seed, epoch), so a run
 resumed from a checkpoint (step, trainable weights, optimizer, scheduler, RNG) continues exactly
 as the uninterrupted run would have.
@@ -152,7 +152,9 @@ def turn_start_weights(
     A turn's first token is where the model chooses between another tool call ("Step ...")
     and the final answer ("Answer: ..."): one token among hundreds of predictable ones, so under
     a plain token mean the choice hardly moves the loss. And an episode stops once but
-    continues at every other turn, so the stop is the rare side of that choice.
+    continues at every other turn, so the stop is the rare side of that choice. (A per-turn row,
+    made where an episode's turns do not extend each other, has one turn: it gets the stop
+    weight whatever that turn does.)
     """
     stop = decision_weight if stop_weight is None else stop_weight
     starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
@@ -353,7 +355,7 @@ def _train_step(
         key=lambda i: len(examples.input_ids[i]),
     )
     loss_tokens = sum(sum(examples.loss_mask[i]) for i in rows)
-    # The loss is a weighted token mean: with decision_weight 1 the plain mean over loss tokens.
+    # The loss is a weighted token mean: with both weights 1 the plain mean over loss tokens.
     loss_weight = sum(
         sum(turn_start_weights(examples.loss_mask[i], config.decision_weight, config.stop_weight))
         for i in rows
