@@ -170,25 +170,26 @@ def collate(
     ids: Sequence[Sequence[int]],
     masks: Sequence[Sequence[int]],
     pad_id: int,
-    decision_weight: float = 1.0,
-    stop_weight: float | None = None,
+    weights: Sequence[Sequence[float]] | None = None,
 ) -> Any:
     """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 outside the mask) and
-    the loss ``weights`` of :func:`turn_start_weights` (0 outside the mask)."""
+    per-token loss ``weights`` (each row's :func:`turn_start_weights`; default the mask itself,
+    the plain mean; 0 on padding)."""
     import torch
 
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(ids), width), dtype=torch.long)
     labels = torch.full((len(ids), width), -100, dtype=torch.long)
-    weights = torch.zeros((len(ids), width), dtype=torch.float32)
+    loss_weights = torch.zeros((len(ids), width), dtype=torch.float32)
     for row, (x, m) in enumerate(zip(ids, masks, strict=True)):
         t = torch.tensor(x, dtype=torch.long)
         input_ids[row, : len(x)] = t
         attention[row, : len(x)] = 1
         labels[row, : len(x)] = torch.where(torch.tensor(m, dtype=torch.bool), t, -100)
-        weights[row, : len(x)] = torch.tensor(turn_start_weights(m, decision_weight, stop_weight))
-    return input_ids, attention, labels, weights
+        w = m if weights is None else weights[row]
+        loss_weights[row, : len(x)] = torch.tensor(w, dtype=torch.float32)
+    return input_ids, attention, labels, loss_weights
 
 
 def summed_loss(
@@ -356,10 +357,11 @@ def _train_step(
     )
     loss_tokens = sum(sum(examples.loss_mask[i]) for i in rows)
     # The loss is a weighted token mean: with both weights 1 the plain mean over loss tokens.
-    loss_weight = sum(
-        sum(turn_start_weights(examples.loss_mask[i], config.decision_weight, config.stop_weight))
+    row_weights = {
+        i: turn_start_weights(examples.loss_mask[i], config.decision_weight, config.stop_weight)
         for i in rows
-    )
+    }
+    loss_weight = sum(sum(w) for w in row_weights.values())
     total_loss, tokens = 0.0, 0
     for k in range(0, len(rows), config.micro_batch_size):
         part = rows[k : k + config.micro_batch_size]
@@ -367,8 +369,7 @@ def _train_step(
             [examples.input_ids[i] for i in part],
             [examples.loss_mask[i] for i in part],
             pad,
-            config.decision_weight,
-            config.stop_weight,
+            [row_weights[i] for i in part],
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.precision)):
             loss = summed_loss(model, ids, attention, labels, weights) / loss_weight

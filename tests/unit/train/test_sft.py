@@ -126,8 +126,9 @@ def test_the_first_token_of_each_turn_carries_the_decision_weight():
 
 def test_the_weighted_loss_weights_each_token_cross_entropy():
     model = tiny_model(64, seed=2)
+    mask = [0, 1, 1, 0, 1, 1]
     ids, attention, labels, weights = collate(
-        [[5, 6, 7, 8, 9, 10]], [[0, 1, 1, 0, 1, 1]], pad_id=2, decision_weight=4.0
+        [[5, 6, 7, 8, 9, 10]], [mask], pad_id=2, weights=[turn_start_weights(mask, 4.0)]
     )
     assert weights.tolist() == [[0, 4, 1, 0, 4, 1]]
     logits = model(input_ids=ids, attention_mask=attention).logits
@@ -135,7 +136,8 @@ def test_the_weighted_loss_weights_each_token_cross_entropy():
     expected = (each * torch.tensor([4.0, 1.0, 4.0, 1.0])).sum()
     assert torch.allclose(summed_loss(model, ids, attention, labels, weights), expected, atol=1e-5)
     # Weight 1 is the plain summed loss.
-    *_, ones = collate([[5, 6, 7, 8, 9, 10]], [[0, 1, 1, 0, 1, 1]], pad_id=2)
+    *_, ones = collate([[5, 6, 7, 8, 9, 10]], [mask], pad_id=2)
+    assert ones.tolist() == [mask]
     plain = summed_loss(model, ids, attention, labels)
     assert torch.allclose(summed_loss(model, ids, attention, labels, ones), plain, atol=1e-5)
 
