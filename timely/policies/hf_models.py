@@ -45,6 +45,8 @@ SHIPPED_ADAPTERS: dict[str, tuple[str, str]] = {
     "smollm2-135m-timely": (EMBEDDED_MODEL, "smollm2-135m-timely"),
     # The cold-start SFT adapter the RL runs start from (and the eval's SFT row).
     "smollm2-135m-timely-sft": (EMBEDDED_MODEL, "smollm2-135m-timely-sft"),
+    # The paper's ablation: the same SFT start and RL steps, correctness reward only.
+    "smollm2-135m-timely-notime": (EMBEDDED_MODEL, "smollm2-135m-timely-notime"),
 }
 _ADAPTER_ROOT = Path(__file__).resolve().parent.parent / "adapters"
 # The sha256 record beside an adapter's files (sha256sum's format), and what it covers.
