@@ -22,6 +22,14 @@ Overrun = Literal["hard", "late"]
 
 GET_DURATION_TOOL = "get_duration"
 
+# The answer turn's cost as the status counts it, in steps: a step is a turn and a tool call,
+# the answer a (longer) turn alone, so one step is a safe bound that needs no second estimate.
+ANSWER_RESERVE_STEPS = 1
+# Statuses show tenths of a second: a step cost read off them is that much uncertain, and a
+# stop decided exactly at the margin was late (measured on treasure at 0.25x). The step count
+# keeps the same margin as the budget-aware expert, so the two agree on where "~0" begins.
+SHOWN_RESOLUTION_S = 0.1
+
 
 class Budget(BaseModel):
     """An episode's time budget and what happens when it runs out."""
@@ -77,10 +85,18 @@ class TimeStatus(BaseModel):
 
     @property
     def steps_left(self) -> int | None:
-        """Whole steps of ``step_s`` that fit in the time left; None before any step."""
+        """Whole steps of ``step_s`` that fit in the time left once the answer's own turn is
+        held back (charged as one more step); None before any step.
+
+        So "~0" means "answer now": the stop a budget-aware agent makes is the lowest count,
+        not a count of one that reads as "one more step fits" (the fifth recipe's RL, shown
+        the plain count, called at "~1 step" in every short-budget rollout and was cut off
+        before its answer).
+        """
         if not self.step_s:
             return None
-        return max(0, math.floor(max(0.0, self.remaining) / self.step_s))
+        left = max(0.0, self.remaining - SHOWN_RESOLUTION_S)
+        return max(0, math.floor(left / self.step_s) - ANSWER_RESERVE_STEPS)
 
 
 def expected_step_s(readings: Sequence[tuple[int, float]]) -> float | None:
@@ -118,7 +134,8 @@ class TimeAwareness(BaseModel):
     )
     wording: Wording = Field(
         "default",
-        description="default: budget, elapsed, remaining and the steps that fit; paper: the "
+        description="default: budget, elapsed, remaining and the steps that fit before the "
+        "answer; paper: the "
         "reference release's 'Please answer within T seconds.' and elapsed-only 'You have "
         "spent X seconds.'",
     )
@@ -145,7 +162,10 @@ class TimeAwareness(BaseModel):
         # The step count turns "is there time for another step?" into reading one number, a
         # comparison a 135M model learns from a few hundred examples where it does not learn
         # to divide the time left by a step cost it would first have to work out.
-        return f"{line}, ~{left} step{'' if left == 1 else 's'} of {status.step_s:.1f}s"
+        return (
+            f"{line}, room for ~{left} step{'' if left == 1 else 's'} of {status.step_s:.1f}s "
+            "and the answer"
+        )
 
     def pushes(self, task_preference: Literal["push", "pull"]) -> bool:
         return self.resolved_mode(task_preference) in ("push", "both")
@@ -156,7 +176,10 @@ class TimeAwareness(BaseModel):
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _DEFAULT_STATUS = re.compile(
-    rf"\[time\] {_NUMBER}s used of {_NUMBER}s, {_NUMBER}s left(?:, ~\d+ steps? of {_NUMBER}s)?"
+    rf"\[time\] {_NUMBER}s used of {_NUMBER}s, {_NUMBER}s left"
+    # The step count: "room for ~N steps of Xs and the answer" (and the bare "~N steps of Xs"
+    # of runs recorded before the answer was held back).
+    rf"(?:, (?:room for )?~\d+ steps? of {_NUMBER}s(?: and the answer)?)?"
 )
 _PAPER_STATUS = re.compile(rf"You have spent {_NUMBER} seconds\.")
 

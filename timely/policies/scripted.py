@@ -20,7 +20,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from timely.budget import GET_DURATION_TOOL, TimeStatus, expected_step_s, read_status
+from timely.budget import (
+    GET_DURATION_TOOL,
+    SHOWN_RESOLUTION_S,
+    TimeStatus,
+    expected_step_s,
+    read_status,
+)
 from timely.clock import wall_seconds
 from timely.errors import ConfigError, PolicyError
 from timely.policies.base import Deadline, register_backend, register_check
@@ -36,9 +42,6 @@ MODES: tuple[str, ...] = get_args(ScriptMode)
 
 # The budget line the loop appends to the user turn (both wordings in timely.budget).
 CLOCK_TEXT = "Let me check the time."
-# Statuses show tenths of a second: a step cost read off them is that much uncertain, and a
-# stop decided exactly at the margin was late (measured on treasure at 0.25x).
-SHOWN_RESOLUTION_S = 0.1
 _BUDGET_RE = re.compile(
     r"(?:time budget of|answer within)\s+(\d+(?:\.\d+)?)\s+seconds", re.IGNORECASE
 )

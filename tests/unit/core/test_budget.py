@@ -31,16 +31,25 @@ def test_status_lines():
     assert paper.budget_line(30) == "Please answer within 30 seconds."
 
 
-def test_status_lines_state_the_steps_that_fit_once_a_step_was_timed():
+def test_status_lines_state_the_steps_that_fit_before_the_answer_once_a_step_was_timed():
     status = TimeStatus(budget=60, elapsed=12.34, step_s=6.17)
-    assert status.steps_left == 7
+    assert status.steps_left == 6  # 7 steps fit in the 47.7 s left; the answer takes one
     line = TimeAwareness().status_line(status)
-    assert line == "[time] 12.3s used of 60s, 47.7s left, ~7 steps of 6.2s"
+    assert line == "[time] 12.3s used of 60s, 47.7s left, room for ~6 steps of 6.2s and the answer"
     assert read_status(f"= 42\n{line}") == TimeStatus(budget=60, elapsed=12.3, step_s=6.2)
-    one = TimeStatus(budget=20, elapsed=13.0, step_s=5.0)
-    assert TimeAwareness().status_line(one).endswith(", ~1 step of 5.0s")
+    one = TimeStatus(budget=30, elapsed=14.0, step_s=5.0)
+    assert TimeAwareness().status_line(one).endswith(", room for ~2 steps of 5.0s and the answer")
+    # "~0" begins where less than two steps are left (with the shown numbers' resolution): the
+    # budget-aware expert's stop at safety 2.
+    assert TimeStatus(budget=20, elapsed=9.85, step_s=5.0).steps_left == 1
+    assert TimeStatus(budget=20, elapsed=9.95, step_s=5.0).steps_left == 0
     over = TimeStatus(budget=20, elapsed=21.0, step_s=5.0)
-    assert over.steps_left == 0 and TimeAwareness().status_line(over).endswith("~0 steps of 5.0s")
+    assert over.steps_left == 0 and TimeAwareness().status_line(over).endswith(
+        "room for ~0 steps of 5.0s and the answer"
+    )
+    # Runs recorded before the answer was held back still read.
+    old = "[time] 12.3s used of 60s, 47.7s left, ~7 steps of 6.2s"
+    assert read_status(old) == TimeStatus(budget=60, elapsed=12.3, step_s=6.2)
     # The paper's wording states elapsed time only, as the reference release does.
     assert TIME_AWARENESS_PRESETS["paper"].status_line(status) == "You have spent 12.3 seconds."
 

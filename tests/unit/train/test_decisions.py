@@ -47,19 +47,20 @@ async def _expert_episodes(n: int = 12) -> list:
         ]
 
 
-async def test_the_expert_answers_exactly_where_the_status_shows_one_step_or_none():
+async def test_the_expert_answers_exactly_where_the_status_shows_no_step_before_the_answer():
     trajectories = await _expert_episodes()
     points = decision_points(trajectories, "math/batch")
     assert points and all(p.answered is not None for p in points)  # the expert is never cut
     stops = [p for p in points if p.answered]
-    # Every stop shows at most one step left, or comes after the last part (nothing to call).
+    # Every stop shows "~0" (no step fits before the answer), or comes after the last part
+    # (nothing to call).
     for p in stops:
         calls = sum(len(m.tool_calls) for m in p.messages if m.role == "assistant")
-        assert p.steps_left <= 1 or calls == 6, (p.steps_left, calls)
-    # And the expert never calls again with one step or none shown.
-    assert not [p for p in points if p.steps_left <= 1 and not p.answered]
+        assert p.steps_left == 0 or calls == 6, (p.steps_left, calls)
+    # And the expert never calls again at "~0".
+    assert not [p for p in points if p.steps_left == 0 and not p.answered]
     assert {p.bucket for p in points} <= set(BUCKETS)
-    assert any(p.steps_left <= 1 for p in stops)  # short budgets were drawn
+    assert any(p.steps_left == 0 for p in stops)  # short budgets were drawn
 
 
 def test_the_table_groups_points_by_the_steps_shown():
