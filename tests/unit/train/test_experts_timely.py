@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from timely.budget import (
+    ANSWER_RESERVE_STEPS,
     GET_DURATION_TOOL,
+    SHOWN_RESOLUTION_S,
     TIME_AWARENESS_PRESETS,
     Budget,
     TimeAwareness,
@@ -168,8 +170,8 @@ async def test_training_time_modes_push_elapsed_and_remaining_after_every_tool_r
         # The step cost is at least the average so far, and the count is what fits in the rest
         # once the answer's turn (one step) is held back.
         assert step_s >= used / n - 0.05
-        fits = (left - 0.1) / step_s
-        assert steps == max(0, int(fits) - 1) or abs(fits - round(fits)) < 0.05
+        fits = (left - SHOWN_RESOLUTION_S) / step_s
+        assert steps == max(0, int(fits) - ANSWER_RESERVE_STEPS) or abs(fits - round(fits)) < 0.05
 
 
 async def test_a_cut_off_episode_is_replayed_into_an_answer_in_time():
